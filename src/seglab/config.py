@@ -1,0 +1,136 @@
+"""Typed parameters: params.yaml is read once here, validated, and passed down as objects.
+
+No other module reads params.yaml or the environment. Each pipeline (the cardiac study in
+``params.yaml``, the brain study in ``pipelines/lgg/params.yaml``) has its own root model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from seglab.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base for every params section: unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitParams(Section):
+    """Patient-level split fractions; the rest is train. Stratified by group, seeded."""
+
+    val: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.2, ge=0.0, lt=1.0)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitParams:
+        if self.val + self.test >= 1.0:
+            raise ValueError("split.val + split.test must leave patients for training")
+        return self
+
+
+class PhantomParams(Section):
+    patients: int = Field(20, ge=1)
+    seed: int = 0
+
+
+class TrackingParams(Section):
+    """Where MLflow writes. Relative paths resolve against the project root (the cwd)."""
+
+    uri: str = "sqlite:///mlflow.db"
+    artifacts: str = "mlartifacts"
+
+
+class AcdcPrepareParams(Section):
+    """ED/ES volumes -> 2D slices at ``size`` x ``size``.
+
+    ``crop`` picks the heart centre: ``motion`` (default) uses the ED-ES difference image and
+    no ground truth, ``center`` takes the image centre, ``gt`` the bounding box of the ground
+    truth (study-compatible; leaks the answer into test inputs). The field of view is
+    ``fov_mm`` in both axes, so every slice keeps a known pixel spacing of fov_mm / size.
+    """
+
+    size: int = Field(128, ge=16)
+    fov_mm: float = Field(200.0, gt=0)
+    crop: Literal["motion", "center", "gt"] = "motion"
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    split: SplitParams = SplitParams()
+
+
+class AcdcDataParams(Section):
+    """``raw`` is the dataset path: an ACDC ``database`` folder, a folder of patients, or a zip."""
+
+    raw: str = "data/phantom/acdc"
+    prepared: str = "data/prepared/acdc"
+    phantom: PhantomParams = PhantomParams()
+    prepare: AcdcPrepareParams = AcdcPrepareParams()
+
+
+class CardiacParams(Section):
+    """Root of params.yaml (the cardiac study). Later stages add their sections here."""
+
+    profile: Literal["quick", "full"] = "quick"
+    acdc: AcdcDataParams = AcdcDataParams()
+    tracking: TrackingParams = TrackingParams()
+
+
+class LggPrepareParams(Section):
+    size: int = Field(256, ge=16)
+    split: SplitParams = SplitParams()
+
+
+class LggDataParams(Section):
+    """``raw`` is the Kaggle zip as downloaded or an extracted ``kaggle_3m`` folder."""
+
+    raw: str = "data/phantom/lgg"
+    prepared: str = "data/prepared/lgg"
+    phantom: PhantomParams = PhantomParams(patients=6)
+    prepare: LggPrepareParams = LggPrepareParams()
+
+
+class BrainParams(Section):
+    """Root of pipelines/lgg/params.yaml (the brain study)."""
+
+    profile: Literal["quick", "full"] = "quick"
+    lgg: LggDataParams = LggDataParams()
+    tracking: TrackingParams = TrackingParams()
+
+
+P = TypeVar("P", bound=Section)
+
+
+def load_params(path: str | Path, model: type[P]) -> P:
+    """Read and validate a params file; every problem is reported with its key path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
+
+
+def flatten(params: BaseModel, prefix: str = "") -> dict[str, object]:
+    """Dotted-key view of a params object, as logged to MLflow."""
+    out: dict[str, object] = {}
+    for key, value in params:
+        name = f"{prefix}{key}"
+        if isinstance(value, BaseModel):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

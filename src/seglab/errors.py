@@ -1,0 +1,25 @@
+"""One exception type for every input problem, so the CLI can print one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SeglabError(Exception):
+    """A problem the user can fix (bad input, bad setting); the CLI prints it without a traceback."""
+
+
+class DataError(SeglabError):
+    """A data file or folder is missing, corrupt or not what it claims to be.
+
+    The message always starts with the offending path, then the problem.
+    """
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(SeglabError):
+    """params.yaml (or a command-line override) is invalid."""
