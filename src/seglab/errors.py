@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 class SeglabError(Exception):
-    """A problem the user can fix (bad input, bad setting); the CLI prints it without a traceback."""
+    """A problem the user can fix (bad input or setting): printed as one line, no traceback."""
 
 
 class DataError(SeglabError):

@@ -1,0 +1,63 @@
+"""Patient-level splits: a patient's slices never sit in two splits.
+
+The study split slices at random, so one patient's neighbouring slices landed in both train
+and test. Here every split is a set of patients, stratified by group and seeded, and an
+official ``testing`` subset, when present, is the test set as the challenge intended.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from seglab.config import SplitParams
+from seglab.errors import SeglabError
+
+SPLITS = ("train", "val", "test")
+
+
+def patient_splits(
+    groups: Mapping[str, str],
+    params: SplitParams,
+    fixed_test: Sequence[str] = (),
+) -> dict[str, list[str]]:
+    """Assign every patient id in ``groups`` (id -> group) to train, val or test.
+
+    Within each group the patients are shuffled with ``params.seed`` and cut by the val and
+    test fractions (rounded, at least one per split when the group is large enough to spare
+    one). Patients in ``fixed_test`` go to test; the rest is then split into train and val
+    with val's share of the whole taken from the remaining patients.
+    """
+    fixed = set(fixed_test)
+    unknown = fixed - set(groups)
+    if unknown:
+        raise SeglabError(f"fixed test patients not in the dataset: {sorted(unknown)}")
+    test_frac = 0.0 if fixed else params.test
+    by_group: dict[str, list[str]] = defaultdict(list)
+    for pid in sorted(groups):
+        if pid not in fixed:
+            by_group[groups[pid]].append(pid)
+
+    rng = np.random.default_rng(params.seed)
+    out: dict[str, list[str]] = {name: [] for name in SPLITS}
+    out["test"].extend(sorted(fixed))
+    for group in sorted(by_group):
+        ids = list(by_group[group])
+        rng.shuffle(ids)
+        n_test = _share(len(ids), test_frac)
+        n_val = _share(len(ids) - n_test, params.val / max(1e-9, 1.0 - test_frac))
+        out["test"].extend(ids[:n_test])
+        out["val"].extend(ids[n_test : n_test + n_val])
+        out["train"].extend(ids[n_test + n_val :])
+    if not out["train"]:
+        raise SeglabError(f"{len(groups)} patients are too few to leave any for training")
+    return {name: sorted(ids) for name, ids in out.items()}
+
+
+def _share(n: int, fraction: float) -> int:
+    """Rounded share of ``n`` for a split: at least one when asked for and one can be spared."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(n - 1, max(1, round(n * fraction)))
