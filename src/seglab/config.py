@@ -72,6 +72,55 @@ class AcdcDataParams(Section):
     prepare: AcdcPrepareParams = AcdcPrepareParams()
 
 
+class TrainerParams(Section):
+    """Lightning trainer settings shared by every training stage (precision/devices are settings,
+    so the same code runs bf16 on a GPU and fp32 on a CPU)."""
+
+    max_epochs: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1)
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | str = "auto"
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
+    seed: int = 0
+    early_stopping_patience: int | None = Field(None, ge=1)
+
+
+class NvaeOptimParams(Section):
+    """The study's optimiser: Adamax with cosine annealing to ``lr_min``."""
+
+    lr: float = Field(1e-2, gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(3e-4, ge=0)
+    lr_min: float = Field(1e-4, ge=0)
+
+
+class NvaeParams(Section):
+    """The NVAE for 4-class masks (see shared design nvae.md). Defaults are the study's."""
+
+    in_channels: int = Field(4, ge=1)  # 4 for single masks, 12 for the 3-gram context
+    num_classes: int = Field(4, ge=2)
+    stem_channels: int = Field(4, ge=1)
+    preprocess_blocks: int = Field(3, ge=0)  # stride-2 blocks between stem and first scale
+    groups_per_scale: tuple[int, ...] = (4, 2, 1)  # from the finest latent scale to the coarsest
+    latent_channels: int = Field(20, ge=1)
+    bn_momentum: float = Field(0.05, gt=0, le=1)
+    beta: tuple[float, ...] = (8.0, 10.0, 11.0)  # per scale, finest (16x16) to coarsest (4x4)
+    kl_warmup_steps: int = Field(6420, ge=0)
+    kl_warmup_min: float = Field(1e-4, ge=0, le=1)
+    kl_balance: bool = True
+    spectral_lambda: float = Field(0.0, ge=0)
+    optim: NvaeOptimParams = NvaeOptimParams()
+
+    @model_validator(mode="after")
+    def _beta_per_scale(self) -> NvaeParams:
+        if len(self.beta) != len(self.groups_per_scale):
+            raise ValueError(
+                f"beta has {len(self.beta)} values for {len(self.groups_per_scale)} scales"
+            )
+        return self
+
+
 class CardiacParams(Section):
     """Root of params.yaml (the cardiac study). Later stages add their sections here."""
 

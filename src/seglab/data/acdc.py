@@ -25,6 +25,7 @@ from nibabel.imageglobals import LoggingOutputSuppressor
 from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
+from seglab.data.source import Node, one_line, open_source, read_bytes, subdirs
 from seglab.errors import DataError
 
 PHASES = ("ED", "ES")
@@ -33,8 +34,6 @@ GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
 SUBSETS = ("training", "testing")
 INFO_KEYS = ("ED", "ES", "Group", "Height", "NbFrame", "Weight")
 
-# A node of the dataset tree: a real path, or a member of an open zip (same interface).
-Node = Path | zipfile.Path
 
 _PATIENT_DIR = re.compile(r"patient\d{3}")
 _NIFTI_ERRORS = (
@@ -46,74 +45,6 @@ _NIFTI_ERRORS = (
     HeaderDataError,
     ImageFileError,
 )
-
-
-# --- tree access shared with the LGG reader (a folder or a zip, walked alike) -------------
-
-
-def open_source(path: str | Path) -> tuple[Node, zipfile.ZipFile | None]:
-    """Return the root node of a folder or zip, and the open archive (to close) if it is a zip."""
-    path = Path(path)
-    if path.is_dir():
-        tree: Node = path
-        archive = None
-    elif not path.exists():
-        raise DataError(path, "does not exist")
-    elif not zipfile.is_zipfile(path):
-        raise DataError(path, "neither a folder nor a zip archive")
-    else:
-        try:
-            archive = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise DataError(path, f"unreadable zip archive ({one_line(exc)})") from None
-        tree = zipfile.Path(archive)
-    if not any(True for _ in list_dir(tree)):
-        if archive is not None:
-            archive.close()
-        raise DataError(path, "empty zip archive" if archive is not None else "empty folder")
-    return tree, archive
-
-
-def list_dir(node: Node) -> list[Node]:
-    """Entries of a folder, without hidden files and macOS zip debris (``__MACOSX``)."""
-    try:
-        entries = list(node.iterdir())
-    except OSError as exc:
-        raise DataError(str(node), f"cannot list folder ({one_line(exc)})") from None
-    return sorted(
-        (e for e in entries if not e.name.startswith((".", "__MACOSX"))), key=lambda e: e.name
-    )
-
-
-def subdirs(node: Node) -> list[Node]:
-    """Visible sub-folders of a folder, sorted by name."""
-    return [e for e in list_dir(node) if e.is_dir()]
-
-
-def read_bytes(node: Node) -> bytes:
-    """Whole content of a file or zip member; I/O and zip CRC failures become DataError."""
-    try:
-        return node.read_bytes()
-    except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
-        raise DataError(str(node), f"cannot read file ({one_line(exc)})") from None
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on a single line (library messages sometimes span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def descend(tree: Node, found: Callable[[Node], bool], depth: int = 3) -> Node | None:
-    """First folder from ``tree`` down through single wrapper folders where ``found`` holds."""
-    node = tree
-    for _ in range(depth + 1):
-        if found(node):
-            return node
-        dirs = subdirs(node)
-        if len(dirs) != 1:
-            return None
-        node = dirs[0]
-    return None
 
 
 # --- ACDC ---------------------------------------------------------------------------------
@@ -273,7 +204,9 @@ def parse_info(text: str, source: str | Path) -> AcdcInfo:
         values[key.strip()] = value.strip()
     missing = [key for key in INFO_KEYS if key not in values]
     if missing:
-        raise DataError(source, f"missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+        raise DataError(
+            source, f"missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        )
 
     def integer(key: str) -> int:
         try:
@@ -303,6 +236,19 @@ def parse_info(text: str, source: str | Path) -> AcdcInfo:
     return AcdcInfo(ed=ed, es=es, group=group, height=height, weight=weight, nb_frame=nb_frame)
 
 
+def _descend(tree: Node, found: Callable[[Node], bool], depth: int = 3) -> Node | None:
+    """First folder from ``tree`` down through single wrapper folders where ``found`` holds."""
+    node = tree
+    for _ in range(depth + 1):
+        if found(node):
+            return node
+        dirs = subdirs(node)
+        if len(dirs) != 1:
+            return None
+        node = dirs[0]
+    return None
+
+
 def _patient_folders(root: Path, tree: Node) -> dict[str, tuple[str, Node]]:
     """Map patient id -> (subset, folder), whatever accepted layout the source has."""
 
@@ -316,7 +262,7 @@ def _patient_folders(root: Path, tree: Node) -> dict[str, tuple[str, Node]]:
             parts = [(node.name if node.name in SUBSETS else "", node)]
         return [(subset, d) for subset, folder in parts for d in patients_in(folder)]
 
-    top = descend(tree, lambda node: bool(layout(node)))
+    top = _descend(tree, lambda node: bool(layout(node)))
     if top is None:
         raise DataError(
             root,
@@ -344,7 +290,7 @@ def _read_info(folder: Node) -> AcdcInfo:
 
 
 def _read_nifti(node: Node, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Decompress and parse a .nii.gz in memory; its voxel data is read here to detect truncation."""
+    """Decompress and parse a .nii.gz in memory; reading the voxels here detects truncation."""
     if not node.is_file():
         raise DataError(str(node), f"missing {what}")
     data = read_bytes(node)

@@ -58,10 +58,11 @@ def frame_to_slices(
 ) -> FrameSlices:
     """Preprocess one frame; ``centre`` (x, y voxels) is used when ``params.crop`` is ``motion``."""
     spacing = params.fov_mm / params.size
+    affine = voxel_affine(frame)
     subject = tio.Subject(
-        image=tio.ScalarImage(tensor=torch.from_numpy(frame.image[None]), affine=frame.affine),
+        image=tio.ScalarImage(tensor=torch.from_numpy(frame.image[None]), affine=affine),
         label=tio.LabelMap(
-            tensor=torch.from_numpy(frame.label[None].astype(np.int16)), affine=frame.affine
+            tensor=torch.from_numpy(frame.label[None].astype(np.int16)), affine=affine
         ),
     )
     mask_name: str | None = None
@@ -94,6 +95,16 @@ def one_hot(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.one_hot(tensor, NUM_CLASSES).permute(0, 3, 1, 2).float()
 
 
+def voxel_affine(frame: AcdcFrame) -> np.ndarray:
+    """Axis-aligned affine with the header's zooms.
+
+    ACDC headers carry the true spacing in their zooms but an sform whose diagonal is 1 mm;
+    torchio takes spacing from the affine, so it is rebuilt from the zooms. Orientation is
+    irrelevant here: slices keep the stored array axes.
+    """
+    return np.diag([*frame.spacing, 1.0])
+
+
 def _unit(volume: np.ndarray) -> np.ndarray:
     scale = float(np.percentile(volume, 99)) or 1.0
     return np.clip(volume / scale, 0.0, 1.0)
@@ -112,4 +123,4 @@ def _centre_map(
     dist2 = ((gx - centre[0]) * frame.spacing[0]) ** 2 + ((gy - centre[1]) * frame.spacing[1]) ** 2
     disc = (dist2 <= radius_mm**2).astype(np.int16)
     data = np.repeat(disc[:, :, None], nz, axis=2)[None]
-    return tio.LabelMap(tensor=torch.from_numpy(data), affine=frame.affine)
+    return tio.LabelMap(tensor=torch.from_numpy(data), affine=voxel_affine(frame))

@@ -1,0 +1,1 @@
+"""Networks only: no training loop, no tracking (those live in ``seglab.training``)."""
