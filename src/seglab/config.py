@@ -7,7 +7,7 @@ No other module reads params.yaml or the environment. Each pipeline (the cardiac
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -125,6 +125,7 @@ class CardiacParams(Section):
     """Root of params.yaml (the cardiac study). Later stages add their sections here."""
 
     profile: Literal["quick", "full"] = "quick"
+    profiles: dict[str, dict[str, Any]] = {}
     acdc: AcdcDataParams = AcdcDataParams()
     tracking: TrackingParams = TrackingParams()
 
@@ -147,6 +148,7 @@ class BrainParams(Section):
     """Root of pipelines/lgg/params.yaml (the brain study)."""
 
     profile: Literal["quick", "full"] = "quick"
+    profiles: dict[str, dict[str, Any]] = {}
     lgg: LggDataParams = LggDataParams()
     tracking: TrackingParams = TrackingParams()
 
@@ -163,14 +165,43 @@ def load_params(path: str | Path, model: type[P]) -> P:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     try:
-        return model.model_validate(raw)
+        merged = apply_profile(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    try:
+        return model.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
             for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from exc
+
+
+def apply_profile(raw: dict[str, Any]) -> dict[str, Any]:
+    """Overlay ``profiles[profile]`` onto the params, so one file holds both scales.
+
+    The values written at the top level are the quick profile (runs anywhere on a CPU);
+    ``profiles.full`` holds what differs at the study's scale. ``profile: full`` applies it.
+    """
+    profile = raw.get("profile", "quick")
+    profiles = raw.get("profiles") or {}
+    if profile != "quick" and profile not in profiles:
+        raise ValueError(f"profile '{profile}' has no entry under 'profiles'")
+    return _merge(raw, profiles.get(profile) or {})
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def flatten(params: BaseModel, prefix: str = "") -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""Generated phantoms: real on-disk layout, anatomically valid masks, group differences, determinism."""
+"""Generated phantoms: real layout, anatomically valid masks, group differences, determinism."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def _groups(acdc_dir: Path) -> dict[str, str]:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 # --- ACDC: layout and headers --------------------------------------------------------------

@@ -188,7 +188,9 @@ def test_params_hash_and_versions(project: Path, tmp_path: Path) -> None:
     assert versions["mlflow"] == mlflow.__version__
     assert versions["dvc"] == dvc_pkg.__version__
     assert versions["python"] == platform.python_version()
-    assert {"torch", "lightning", "monai", "torchio", "nibabel", "optuna", "seglab"} <= set(versions)
+    assert {"torch", "lightning", "monai", "torchio", "nibabel", "optuna", "seglab"} <= set(
+        versions
+    )
 
 
 def test_lineage_tags_name_everything(project: Path) -> None:

@@ -19,11 +19,12 @@ import yaml
 from mlflow import MlflowClient
 
 from seglab.config import CardiacParams, TrackingParams
-from seglab.errors import DataError
+from seglab.errors import ConfigError, DataError
 from seglab.tracking import runs
 from seglab.tracking.runs import (
     artifact_location,
     configure,
+    ensure_experiment,
     log_artifact,
     log_dict,
     log_figure,
@@ -117,6 +118,18 @@ def test_uris_resolve_against_the_project(tmp_path: Path) -> None:
     assert artifact_location(server, root, server.uri) is None
     s3 = TrackingParams(artifacts="s3://bucket/seglab")
     assert artifact_location(s3, root, uri) == "s3://bucket/seglab"
+
+
+def test_ensure_experiment_creates_once_in_the_project(tmp_path: Path, store: str) -> None:
+    tracking = TrackingParams(uri=store, artifacts="store/artifacts")
+    first = ensure_experiment(tracking, "acdc-nvae", root=tmp_path)
+    assert ensure_experiment(tracking, "acdc-nvae", root=tmp_path) == first
+    location = MlflowClient(store).get_experiment(first).artifact_location
+    assert location == (tmp_path / "store" / "artifacts").resolve().as_uri()
+
+    MlflowClient(store).delete_experiment(first)
+    with pytest.raises(ConfigError, match="experiment 'acdc-nvae' is deleted"):
+        ensure_experiment(tracking, "acdc-nvae", root=tmp_path)
 
 
 def test_run_carries_lineage_params_and_artifacts(project: Path, store: str) -> None:
@@ -283,9 +296,7 @@ def test_outside_git_the_run_still_starts(tmp_path: Path, store: str) -> None:
 def test_params_respect_mlflow_limits(project: Path, store: str) -> None:
     many = {f"k{i:03d}": i for i in range(150)}  # more than one 100-param batch
     params = {"model": {"arch": "unet", "widths": {"stem": 32}}, "long": "x" * 600, **many}
-    with tracked_run(
-        TrackingParams(uri=store), "limits", "x", root=project, params=params
-    ) as run:
+    with tracked_run(TrackingParams(uri=store), "limits", "x", root=project, params=params) as run:
         pass
     logged = run_of(store, run.info.run_id).data.params
     assert logged["model.arch"] == "unet"

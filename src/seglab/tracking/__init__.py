@@ -10,6 +10,7 @@ from seglab.tracking.lineage import (
 )
 from seglab.tracking.runs import (
     configure,
+    ensure_experiment,
     log_artifact,
     log_dict,
     log_figure,
@@ -20,6 +21,7 @@ from seglab.tracking.runs import (
 __all__ = [
     "configure",
     "dvc_hash",
+    "ensure_experiment",
     "git_commit",
     "git_dirty",
     "lineage_tags",

@@ -31,7 +31,17 @@ import yaml
 
 from seglab.errors import DataError
 
-PACKAGES = ("torch", "lightning", "monai", "torchio", "nibabel", "mlflow", "optuna", "dvc", "seglab")
+PACKAGES = (
+    "torch",
+    "lightning",
+    "monai",
+    "torchio",
+    "nibabel",
+    "mlflow",
+    "optuna",
+    "dvc",
+    "seglab",
+)
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -67,7 +77,7 @@ def params_hash(path: Path) -> str:
 
 
 def package_versions() -> dict[str, str]:
-    """Installed versions of the packages whose behaviour a result depends on (absent ones omitted)."""
+    """Installed versions of the packages a result depends on (absent ones are left out)."""
     versions: dict[str, str] = {}
     for name in PACKAGES:
         try:
@@ -151,7 +161,7 @@ def _recorded_md5(path: Path, root: Path) -> str | None:
 
 
 def _computed_md5(path: Path, root: Path) -> str:
-    """Hash ``path`` exactly as ``dvc add`` would, through the repo's state cache when there is one."""
+    """Hash ``path`` as ``dvc add`` would, through the repo's state cache when there is one."""
     from dvc.exceptions import DvcException, NotDvcRepoError
     from dvc.repo import Repo
     from dvc_data.hashfile.build import IgnoreInCollectedDirError, build

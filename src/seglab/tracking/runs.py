@@ -125,9 +125,17 @@ def artifact_location(tracking: TrackingParams, root: Path, uri: str) -> str | N
     return (Path(root) / tracking.artifacts).resolve().as_uri()
 
 
-def _experiment_id(client: MlflowClient, name: str, location: str | None) -> str:
+def ensure_experiment(tracking: TrackingParams, name: str, *, root: Path) -> str:
+    """Id of experiment ``name``, created with its artifacts in the project if it is new.
+
+    An experiment that ``mlflow run --experiment-name`` creates gets MLflow's default artifact
+    folder instead; creating the study's experiments first (this function) avoids that.
+    """
+    uri = configure(tracking, root)
+    client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
+        location = artifact_location(tracking, root, uri)
         try:
             return client.create_experiment(name, artifact_location=location)
         except MlflowException:
@@ -136,7 +144,7 @@ def _experiment_id(client: MlflowClient, name: str, location: str | None) -> str
                 raise
     if experiment.lifecycle_stage == LifecycleStage.DELETED:
         raise ConfigError(
-            f"MLflow experiment '{name}' is deleted in {client.tracking_uri}: "
+            f"MLflow experiment '{name}' is deleted in {uri}: "
             "restore it (mlflow experiments restore) or purge it (mlflow gc)"
         )
     return experiment.experiment_id
@@ -241,9 +249,7 @@ def tracked_run(
                     experiment,
                 )
     if run_id is None:
-        experiment_id = _experiment_id(
-            client, experiment, artifact_location(tracking, root, uri)
-        )
+        experiment_id = ensure_experiment(tracking, experiment, root=root)
         run_id = _create_run(client, experiment_id, run_name, parent_run_id)
 
     client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in run_tags.items()])

@@ -63,58 +63,21 @@ class _Heart:
     tilt: tuple[float, float]  # LV centre drift from base to apex, mm
 
 
+# Per group, uniform ranges of: ED LV cavity radius and wall thickness at the base (mm), LV
+# ejection fraction, ED RV crescent depth at the base (mm), RV half-width (x epicardial radius),
+# RV ejection fraction, base-to-apex length (mm).
+_GROUP_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
+    "NOR": ((24, 27), (8, 9.5), (0.58, 0.68), (17, 23), (1.25, 1.45), (0.5, 0.6), (85, 95)),
+    "MINF": ((27, 31), (7.5, 9), (0.25, 0.4), (16, 21), (1.2, 1.35), (0.45, 0.55), (90, 100)),
+    "DCM": ((32, 36), (5.5, 7), (0.12, 0.3), (15, 20), (1.1, 1.25), (0.3, 0.45), (100, 110)),
+    "HCM": ((18, 22), (14, 17), (0.7, 0.8), (15, 20), (1.2, 1.4), (0.55, 0.65), (80, 90)),
+    "RV": ((23, 26), (7.5, 9), (0.55, 0.65), (30, 38), (1.45, 1.6), (0.2, 0.35), (85, 95)),
+}
+
+
 def _draw_heart(group: str, rng: np.random.Generator, centre: tuple[float, float]) -> _Heart:
     u = rng.uniform
-    if group == "NOR":
-        lv, wall, ef, rv, rvw, rvef, length = (
-            u(24, 27),
-            u(8, 9.5),
-            u(0.58, 0.68),
-            u(17, 23),
-            u(1.25, 1.45),
-            u(0.5, 0.6),
-            u(85, 95),
-        )  # noqa: E501
-    elif group == "DCM":
-        lv, wall, ef, rv, rvw, rvef, length = (
-            u(32, 36),
-            u(5.5, 7),
-            u(0.12, 0.3),
-            u(15, 20),
-            u(1.1, 1.25),
-            u(0.3, 0.45),
-            u(100, 110),
-        )  # noqa: E501
-    elif group == "HCM":
-        lv, wall, ef, rv, rvw, rvef, length = (
-            u(18, 22),
-            u(14, 17),
-            u(0.7, 0.8),
-            u(15, 20),
-            u(1.2, 1.4),
-            u(0.55, 0.65),
-            u(80, 90),
-        )  # noqa: E501
-    elif group == "MINF":
-        lv, wall, ef, rv, rvw, rvef, length = (
-            u(27, 31),
-            u(7.5, 9),
-            u(0.25, 0.4),
-            u(16, 21),
-            u(1.2, 1.35),
-            u(0.45, 0.55),
-            u(90, 100),
-        )  # noqa: E501
-    else:  # RV: dilated right ventricle, normal LV
-        lv, wall, ef, rv, rvw, rvef, length = (
-            u(23, 26),
-            u(7.5, 9),
-            u(0.55, 0.65),
-            u(30, 38),
-            u(1.45, 1.6),
-            u(0.2, 0.35),
-            u(85, 95),
-        )  # noqa: E501
+    lv, wall, ef, rv, rvw, rvef, length = (u(lo, hi) for lo, hi in _GROUP_RANGES[group])
     septum = np.pi + u(-0.6, 0.6) + 0.35  # RV towards -x, +y as in the real images, rotated
     infarct_angle = septum + np.pi + u(-1.2, 1.2)  # a free-wall territory, never the septum
     start = u(0.0, 0.4)
@@ -151,65 +114,69 @@ def _ellipse_sdf(u: np.ndarray, v: np.ndarray, a: float, b: float) -> np.ndarray
     return (k - 1.0) / np.maximum(grad, 1e-9)
 
 
-def _slice_fields(
-    heart: _Heart, t: float, es: bool, xx: np.ndarray, yy: np.ndarray, spacing: float
-) -> dict[str, np.ndarray | None]:
-    """Signed distances (mm, negative inside) of LV cavity, epicardium and RV on one slice.
+def _radii(
+    heart: _Heart, t: float, es: bool, theta: np.ndarray, spacing: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Endocardial and epicardial radius (mm) along the rays ``theta`` of the slice at ``t``.
 
     ES follows from ED: the cavity shrinks radially by sqrt(1 - EF) except in an akinetic
     (infarcted) segment, and the myocardium keeps its area along every ray, so it thickens.
     """
-    cx = heart.centre[0] + heart.tilt[0] * t
-    cy = heart.centre[1] + heart.tilt[1] * t
-    dx, dy = xx - cx, yy - cy
-    rho = np.hypot(dx, dy)
-    theta = np.arctan2(dy, dx)
     shape = 1.0 + heart.ellipticity * np.cos(2 * (theta - heart.ellipse_angle))
-    towards_rv = np.cos(theta - heart.septum)
-
-    epi_ed_base = heart.lv_radius + heart.wall
-    r_epi_ed = epi_ed_base * _profile(t, 1.0) * shape
     r_endo_ed = heart.lv_radius * _profile(t, heart.lv_end) * shape
-    wall_ed = r_epi_ed - r_endo_ed
+    wall_ed = (heart.lv_radius + heart.wall) * _profile(t, 1.0) * shape - r_endo_ed
     if heart.septal_excess:  # asymmetric septal hypertrophy: thicker towards the RV
-        wall_ed = wall_ed * (1 + heart.septal_excess * np.clip(towards_rv, 0, 1) ** 2)
+        towards_rv = np.clip(np.cos(theta - heart.septum), 0, 1)
+        wall_ed = wall_ed * (1 + heart.septal_excess * towards_rv**2)
     r_epi_ed = r_endo_ed + wall_ed
     akinetic = np.zeros_like(theta)
     angle, first, last = heart.infarct
     if first <= t <= last:  # infarct: the cavity bulges into a thinned, akinetic wall
         akinetic = np.exp(4.0 * (np.cos(theta - angle) - 1.0))
         r_endo_ed = r_endo_ed + 0.55 * wall_ed * akinetic
-    min_wall = 2.4 * spacing  # keeps the ring closed at pixel scale
     if es:
-        squeeze = np.sqrt(1.0 - heart.ef)
-        r_endo = r_endo_ed * (akinetic + (1 - akinetic) * squeeze)
+        r_endo = r_endo_ed * (akinetic + (1 - akinetic) * np.sqrt(1.0 - heart.ef))
         r_endo = np.where(r_endo > 2.5, r_endo, 0.0)
         r_epi = np.sqrt(r_endo**2 + np.maximum(r_epi_ed**2 - r_endo_ed**2, 0.0))
     else:
         r_endo, r_epi = r_endo_ed, r_epi_ed
-    r_endo = np.where(r_endo > 2.5, r_endo, 0.0)
-    has_lv = bool(r_endo.max() > 0)
-    r_epi = np.maximum(r_epi, np.where(r_endo > 0, r_endo + min_wall, 0.0))
-    if np.median(r_epi) < 3 * spacing:  # beyond the apex
-        return {"lv": None, "epi": None, "rv": None, "cavity": None}
+    r_endo = np.where(r_endo > 2.5, r_endo, 0.0)  # below a few pixels the cavity is gone
+    min_wall = 2.4 * spacing  # keeps the ring closed at pixel scale
+    return r_endo, np.maximum(r_epi, np.where(r_endo > 0, r_endo + min_wall, 0.0))
 
+
+_RING = np.linspace(-np.pi, np.pi, 180, endpoint=False)
+
+
+def _slice_fields(
+    heart: _Heart, t: float, es: bool, xx: np.ndarray, yy: np.ndarray, spacing: float
+) -> dict[str, np.ndarray | None]:
+    """Signed distances (mm, negative inside) of LV cavity, epicardium and RV on one slice."""
+    endo_ring, epi_ring = _radii(heart, t, es, _RING, spacing)
+    r_ref = float(epi_ring.mean())
+    if r_ref < 3 * spacing:  # beyond the apex
+        return {"lv": None, "epi": None, "rv": None, "cavity": None}
+    cx = heart.centre[0] + heart.tilt[0] * t
+    cy = heart.centre[1] + heart.tilt[1] * t
+    dx, dy = xx - cx, yy - cy
+    rho = np.hypot(dx, dy)
+    r_endo, r_epi = _radii(heart, t, es, np.arctan2(dy, dx), spacing)
     fields: dict[str, np.ndarray | None] = {
-        "lv": rho - r_endo if has_lv else None,
+        "lv": rho - r_endo if endo_ring.max() > 0 else None,
         "epi": rho - r_epi,
         "rv": None,
-        "cavity": np.array([cx, cy, float(np.median(r_endo))]),
+        "cavity": np.array([cx, cy, float(endo_ring.mean())]),
     }
     rv_factor = _profile(t, heart.rv_end)
     depth = heart.rv_depth * rv_factor * (np.sqrt(1.0 - heart.rv_ef) if es else 1.0)
     if depth > 3.0 * spacing:  # the crescent: an ellipse on the septal side minus the LV
-        r_ref = float(np.median(r_epi))
         inner, outer = 0.45 * r_ref, r_ref + depth
         half_width = heart.rv_width * r_ref * (0.75 + 0.25 * rv_factor) * (0.92 if es else 1.0)
         d = 0.5 * (inner + outer)
         ex, ey = cx + d * np.cos(heart.septum), cy + d * np.sin(heart.septum)
         c, s = np.cos(heart.septum), np.sin(heart.septum)
-        u_, v_ = (xx - ex) * c + (yy - ey) * s, -(xx - ex) * s + (yy - ey) * c
-        ellipse = _ellipse_sdf(u_, v_, 0.5 * (outer - inner), half_width)
+        u, v = (xx - ex) * c + (yy - ey) * s, -(xx - ex) * s + (yy - ey) * c
+        ellipse = _ellipse_sdf(u, v, 0.5 * (outer - inner), half_width)
         fields["rv"] = np.maximum(ellipse, -(rho - r_epi))
     return fields
 
@@ -256,7 +223,7 @@ class _Canvas:
 
     def __init__(self, xs: np.ndarray, ys: np.ndarray, spacing: float) -> None:
         self.xs, self.ys, self.spacing = xs, ys, spacing
-        self.image = np.zeros((xs.size, ys.size))
+        self.image = np.zeros((xs.size, ys.size), dtype=np.float32)
 
     def window(self, x: float, y: float, half: float) -> tuple[slice, slice]:
         """Index box of the square of half-side ``half`` mm around (x, y), clipped to the image."""
@@ -273,24 +240,21 @@ class _Canvas:
     def ellipse(
         self, x: float, y: float, a: float, b: float, value: float, angle: float = 0.0,
         within: np.ndarray | None = None,
-    ) -> np.ndarray:  # fmt: skip
-        """Blend ``value`` into a (rotated) ellipse; return the full-size coverage map."""
+    ) -> tuple[tuple[slice, slice], np.ndarray]:  # fmt: skip
+        """Blend ``value`` into a (rotated) ellipse; return its box and coverage in the box."""
         box = self.window(x, y, max(a, b) + 2 * self.spacing)
         gx, gy = self.grid(box)
         c, s = np.cos(angle), np.sin(angle)
         u, v = (gx - x) * c + (gy - y) * s, -(gx - x) * s + (gy - y) * c
-        cover = np.zeros_like(self.image)
-        cover[box] = _soft(_ellipse_sdf(u, v, a, b), self.spacing)
+        cover = _soft(_ellipse_sdf(u, v, a, b), self.spacing)
         if within is not None:
-            cover[box] *= within[box]
-        self.blend(cover, value, box)
-        return cover
+            cover = cover * within[box]
+        self.blend(box, cover, value)
+        return box, cover
 
-    def blend(
-        self, cover: np.ndarray, value: float | np.ndarray, box: tuple[slice, slice] | None = None
-    ) -> None:
-        box = box or (slice(None), slice(None))
-        self.image[box] += cover[box] * (value - self.image[box])
+    def blend(self, box: tuple[slice, slice], cover: np.ndarray, value: float) -> None:
+        """Partial-volume mix: each pixel moves towards ``value`` by its coverage."""
+        self.image[box] += cover * (value - self.image[box])
 
 
 @dataclass(frozen=True)
@@ -315,14 +279,9 @@ def _draw_scene(rng: np.random.Generator, heart: _Heart, fov: tuple[float, float
     u = rng.uniform
     hx, hy = heart.centre
     lateral = heart.septum + np.pi  # away from the RV, where the left lung lies
+    left = (hx + 65 * np.cos(lateral), hy + 55 * np.sin(lateral) - 30)
     lungs = (
-        (
-            hx + 65 * np.cos(lateral),
-            hy + 55 * np.sin(lateral) - 30,
-            u(25, 35),
-            u(45, 60),
-            u(-0.5, 0.2),
-        ),  # noqa: E501
+        (*left, u(25, 35), u(45, 60), u(-0.5, 0.2)),
         (hx + 70 * np.cos(heart.septum), hy - 55, u(22, 32), u(35, 50), u(-0.2, 0.5)),
     )
     vessels = tuple(
@@ -358,9 +317,11 @@ def _background(
     bx, by, ba, bb = scene.body
     canvas.ellipse(bx, by, ba, bb, 330.0)  # subcutaneous fat is bright in bSSFP
     canvas.ellipse(bx, by, ba - scene.fat, bb - scene.fat, 90.0)  # chest-wall muscle
-    inner = canvas.ellipse(
+    box, cover = canvas.ellipse(
         bx, by, ba - scene.fat - scene.muscle, bb - scene.fat - scene.muscle, scene.tissue
     )
+    inner = np.zeros_like(canvas.image)
+    inner[box] = cover
     canvas.image *= texture
     for x, y, a, b, angle in scene.lungs:
         canvas.ellipse(x, y, a, b, 22.0, angle, within=inner)
@@ -392,18 +353,13 @@ def _heart_image(
     if rv_sdf is not None:
         fat = np.maximum(fat, _soft(rv_sdf - 5.0, sp))
         wall = np.maximum(wall, _soft(rv_sdf - 2.0, sp))
-    full = np.zeros_like(canvas.image)
-    full[box] = fat * patchy[box]  # epicardial fat is uneven around the heart
-    canvas.blend(full, 260.0, box)
-    full[box] = wall
-    canvas.blend(full, scene.myo, box)
+    canvas.blend(box, fat * patchy[box], 260.0)  # epicardial fat is uneven around the heart
+    canvas.blend(box, wall, scene.myo)
     if rv_sdf is not None:
-        full[box] = _soft(rv_sdf, sp) * (label[box] == 1)
-        canvas.blend(full, 0.95 * scene.blood, box)
+        canvas.blend(box, _soft(rv_sdf, sp) * (label[box] == 1), 0.95 * scene.blood)
     if lv_sdf is not None:
-        full[box] = _soft(lv_sdf, sp)
+        canvas.blend(box, _soft(lv_sdf, sp), scene.blood)
         cx, cy, radius = fields["cavity"]  # type: ignore[misc]
-        canvas.blend(full, scene.blood, box)
         size = min(3.5, 0.2 * radius)
         if size > 1.5:  # two papillary muscles, dark dots in the cavity near the free wall
             for angle in papillary:
@@ -418,7 +374,9 @@ def _phase_volume(
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     xs, ys = axes
     papillary = (heart.septum + np.pi + 0.8, heart.septum + np.pi - 0.9)
-    reach = 1.6 * (heart.lv_radius + heart.wall + heart.rv_depth) + 20.0
+    epi = (heart.lv_radius + heart.wall) * (1 + heart.ellipticity) * (1 + heart.septal_excess)
+    rv_centre = 0.725 * epi + 0.5 * heart.rv_depth
+    reach = rv_centre + max(0.5 * (0.55 * epi + heart.rv_depth), heart.rv_width * epi) + 10.0
     images, labels = [], []
     for k, t in enumerate(ts):
         canvas = _Canvas(xs, ys, spacing)
@@ -431,9 +389,8 @@ def _phase_volume(
         label[box] = _labels(fields, canvas.image[box].shape)
         _heart_image(canvas, box, fields, label, scene, patchy, papillary)
         clean = ndimage.gaussian_filter(canvas.image * bias, 0.6)
-        real = clean + rng.normal(0, noise, clean.shape)
-        imag = rng.normal(0, noise, clean.shape)
-        images.append(np.hypot(real, imag))  # magnitude of complex Gaussian noise: Rician
+        real, imag = noise * rng.standard_normal((2, *clean.shape), dtype=np.float32)
+        images.append(np.hypot(clean + real, imag))  # magnitude of complex noise: Rician
         labels.append(label)
     return np.stack(images, axis=-1), np.stack(labels, axis=-1)
 
@@ -476,11 +433,11 @@ def _write_patient(folder: Path, index: int, seed: int) -> None:
     if slices < 18 and rng.random() < 0.25:  # sometimes an empty slice beyond the apex
         ts = np.append(ts, 1.05)
 
-    xs = (np.arange(nx) + 0.5 - nx / 2) * spacing
-    ys = (np.arange(ny) + 0.5 - ny / 2) * spacing
-    bias = _smooth_field(rng, (nx, ny), 4, 0.75, 1.25)
-    texture = _smooth_field(rng, (nx, ny), 32, 0.8, 1.2)
-    patchy = _smooth_field(rng, (nx, ny), 16, 0.0, 1.0)
+    xs = ((np.arange(nx) + 0.5 - nx / 2) * spacing).astype(np.float32)
+    ys = ((np.arange(ny) + 0.5 - ny / 2) * spacing).astype(np.float32)
+    bias = _smooth_field(rng, (nx, ny), 4, 0.75, 1.25).astype(np.float32)
+    texture = _smooth_field(rng, (nx, ny), 32, 0.8, 1.2).astype(np.float32)
+    patchy = _smooth_field(rng, (nx, ny), 16, 0.0, 1.0).astype(np.float32)
     backgrounds = [
         _background(scene, float(t), xs, ys, spacing, np.roll(texture, 3 * k, axis=0))
         for k, t in enumerate(ts)
