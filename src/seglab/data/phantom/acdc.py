@@ -44,7 +44,6 @@ doi:10.1109/TMI.2018.2837502; cite it for any result on the real data.
 class _Heart:
     """One patient's anatomy in millimetres (ED unless named ``es``), drawn from its group."""
 
-    group: str
     lv_radius: float  # ED endocardial radius at the base
     wall: float  # ED wall thickness at the base
     ef: float  # LV ejection fraction
@@ -82,7 +81,6 @@ def _draw_heart(group: str, rng: np.random.Generator, centre: tuple[float, float
     infarct_angle = septum + np.pi + u(-1.2, 1.2)  # a free-wall territory, never the septum
     start = u(0.0, 0.4)
     return _Heart(
-        group=group,
         lv_radius=lv,
         wall=wall,
         ef=ef,
