@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,15 @@ def lgg_real_zip() -> Path:
     if not LGG_REAL_ZIP.is_file():
         pytest.skip(f"real LGG zip not found at {LGG_REAL_ZIP} (set SEGLAB_SHARED_DATA)")
     return LGG_REAL_ZIP
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: the test models are small, and on a busy 2-core machine torch's
+    threads spin-wait for each other (the same test measured 10-25x slower with two)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

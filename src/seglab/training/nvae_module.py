@@ -90,7 +90,7 @@ class NvaeModule(L.LightningModule):
         terms = nvae_loss(out, target, self.params.beta, 1.0, False)
         n = inputs.shape[0]
         self.log_dict(
-            {f"val_{k}": v for k, v in terms.items() if k not in ("kl_coeff", "kl_weighted")},
+            {f"val_{k}": v for k, v in terms.items() if k not in ("kl_coeff", "spectral")},
             on_step=False,
             on_epoch=True,
             batch_size=n,

@@ -110,5 +110,5 @@ def nvae_loss(
         "spectral": spectral_term,
     }
     if not torch.isfinite(loss):
-        raise KLDivergenceError(step, {k: float(v) for k, v in terms.items()})
+        raise KLDivergenceError(step, {k: float(v.detach()) for k, v in terms.items()})
     return terms

@@ -82,7 +82,6 @@ class LatentGroup(nn.Module):
         """``upsample_from = (channels, size)``: enter this (finer) scale from the coarser one."""
         super().__init__()
         self.latent = latent
-        self.top = top
         self.up = (
             DecoderCell(upsample_from[0], channels, bn_momentum, size=upsample_from[1])
             if upsample_from is not None

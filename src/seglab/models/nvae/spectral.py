@@ -52,5 +52,6 @@ class SpectralRegularizer(nn.Module):
                 for _ in range(self.iterations):
                     v.copy_(F.normalize(wd.t() @ u, dim=0))
                     u.copy_(F.normalize(wd @ v, dim=0))
-            total = total + u @ (w.float() @ v)
+            # clones: the graph must not see the next call's in-place updates
+            total = total + u.clone() @ (w.float() @ v.clone())
         return total
