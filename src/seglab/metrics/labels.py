@@ -17,4 +17,4 @@ STRUCTURES: tuple[str, ...] = ("lv", "myo", "rv")
 """Reporting order of the foreground structures (column order of every per-class array)."""
 
 STRUCTURE_LABELS: tuple[int, ...] = (LV, MYO, RV)
-"""Label id of each entry of ``STRUCTURES``: ``STRUCTURE_LABELS[i]`` is the id of ``STRUCTURES[i]``."""
+"""Label id of each entry of ``STRUCTURES`` (``STRUCTURE_LABELS[i]`` is ``STRUCTURES[i]``)."""
