@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from seglab.config import AcdcDataParams, AcdcPrepareParams
-from seglab.data.prepare_acdc import prepare_acdc
+from seglab.stages.prepare import prepare_acdc_stage
 
 
 def _peak_mb() -> float:
@@ -23,7 +23,9 @@ def _peak_mb() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--raw", default="../shared/data/acdc", help="ACDC dataset path")
     parser.add_argument("--crop", nargs="+", default=["motion"], choices=["motion", "center", "gt"])
     args = parser.parse_args()
@@ -38,7 +40,7 @@ def main() -> None:
                 prepare=AcdcPrepareParams(crop=crop),
             )
             start = time.perf_counter()
-            summary = prepare_acdc(params)
+            summary = prepare_acdc_stage(params)
             seconds = time.perf_counter() - start
             print(f"{crop:<8} {seconds:8.1f} {_peak_mb():8.0f}  {summary}")
 

@@ -8,6 +8,7 @@ import pytest
 
 from seglab.config import AcdcDataParams, AcdcPrepareParams, SplitParams
 from seglab.data.prepare_acdc import prepare_acdc
+from seglab.stages.prepare import prepare_acdc_stage
 from seglab.data.store import load_split
 from seglab.errors import DataError
 
@@ -37,12 +38,15 @@ def _params(raw: Path, out: Path) -> AcdcDataParams:
 @pytest.mark.realdata
 def test_prepare_real_subset(acdc_real: Path, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
-    summary = prepare_acdc(_params(_subset(acdc_real, tmp_path, 3), out))
+    summary = prepare_acdc_stage(_params(_subset(acdc_real, tmp_path, 3), out))
     assert "train 5 patients" in summary and "test 5 patients" in summary
+    assert "ground truth" in summary and "anatomically valid" in summary
     meta = json.loads((out / "meta.json").read_text())
     patients = {split: set(ids) for split, ids in meta["splits"].items()}
     assert not (patients["train"] & patients["test"]) and not (patients["val"] & patients["test"])
     assert meta["crop_coverage_min"] > 0.95
+    # expert masks at the prepared resolution are nearly all valid (anatomy.md)
+    assert all(q["anatomical_validity"] > 0.9 for q in meta["qc"].values())
     for split in ("train", "val", "test"):
         s = load_split(out / f"{split}.npz")
         assert set(s.meta["patient"]) == patients[split]  # no patient crosses splits

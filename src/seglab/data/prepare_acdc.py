@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -14,20 +17,29 @@ from seglab.data.store import META_DTYPES, SliceSet, save_split
 from seglab.io import atomic_dir, write_json
 
 
-def prepare_acdc(params: AcdcDataParams) -> str:
-    """Build ``params.prepared``: ``train/val/test.npz`` and ``meta.json``; returns a summary."""
+def prepare_acdc(
+    params: AcdcDataParams, qc: Callable[[SliceSet], dict[str, Any]] | None = None
+) -> str:
+    """Build ``params.prepared``: ``train/val/test.npz`` and ``meta.json``; returns a summary.
+
+    ``qc`` scores each prepared split (the stage passes the anatomical-validity check of the
+    ground truth; the data layer cannot import metrics itself); its result goes in meta.json.
+    """
     with open_acdc(params.raw) as dataset:
         groups = {p.id: p.info.group for p in dataset.patients}
         official_test = [p.id for p in dataset.patients if p.subset == "testing"]
         splits = patient_splits(groups, params.prepare.split, official_test)
         counts: dict[str, int] = {}
         coverage: list[float] = []
+        quality: dict[str, dict[str, Any]] = {}
         with atomic_dir(params.prepared) as tmp:
             for split, ids in splits.items():
                 slices, cov = _prepare_patients(dataset, ids, params, split)
                 save_split(tmp / f"{split}.npz", slices)
                 counts[split] = len(slices)
                 coverage.extend(cov)
+                if qc is not None and len(slices):
+                    quality[split] = qc(slices)
             write_json(
                 tmp / "meta.json",
                 {
@@ -38,13 +50,19 @@ def prepare_acdc(params: AcdcDataParams) -> str:
                     "groups": groups,
                     "crop_coverage_min": float(np.min(coverage)) if coverage else None,
                     "crop_coverage_mean": float(np.mean(coverage)) if coverage else None,
+                    "qc": quality,
                 },
             )
     parts = ", ".join(f"{k} {len(splits[k])} patients / {counts[k]} slices" for k in splits)
+    checks = "".join(
+        f"; {k} ground truth {100 * v['anatomical_validity']:.1f}% anatomically valid"
+        for k, v in quality.items()
+        if "anatomical_validity" in v
+    )
     return (
         f"prepared ACDC into {params.prepared}: {parts}; crop '{params.prepare.crop}' kept "
         f"{100 * float(np.mean(coverage)):.2f}% of the heart "
-        f"(worst frame {100 * min(coverage):.1f}%)"
+        f"(worst frame {100 * min(coverage):.1f}%){checks}"
     )
 
 
