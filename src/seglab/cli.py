@@ -7,8 +7,12 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from seglab.errors import SeglabError
+
+if TYPE_CHECKING:
+    from seglab.config import TrackingParams
 
 CARDIAC_PARAMS = "params.yaml"
 BRAIN_PARAMS = "pipelines/lgg/params.yaml"
@@ -36,9 +40,9 @@ def _prepare(args: argparse.Namespace) -> int:
     from seglab.config import BrainParams, CardiacParams, load_params
 
     if args.dataset == "acdc":
-        from seglab.data.prepare_acdc import prepare_acdc
+        from seglab.stages.prepare import prepare_acdc_stage
 
-        summary = prepare_acdc(load_params(args.params or CARDIAC_PARAMS, CardiacParams).acdc)
+        summary = prepare_acdc_stage(load_params(args.params or CARDIAC_PARAMS, CardiacParams).acdc)
     else:
         from seglab.data.prepare_lgg import prepare_lgg
 
@@ -53,6 +57,157 @@ def _anatomy(args: argparse.Namespace) -> int:
     report = volume_report(Path(args.mask))
     print(json.dumps(report, indent=2) if args.json else render_volume_report(report))
     return 0 if report["valid_slices"] == report["slices"] else 1
+
+
+def _tracking_params(args: argparse.Namespace) -> TrackingParams:
+    from seglab.config import TrackingSection, load_params
+
+    return load_params(args.params or CARDIAC_PARAMS, TrackingSection).tracking
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from seglab.errors import ConfigError
+    from seglab.io import write_json
+    from seglab.tracking import registry
+
+    tracking = _tracking_params(args)
+    options = {
+        "metric": args.metric,
+        "goal": args.goal,
+        "min_delta": args.min_delta,
+        "dry_run": args.dry_run,
+        "params_file": Path(args.params or CARDIAC_PARAMS),
+    }
+    if args.all:
+        if args.model or args.version:
+            raise ConfigError("--all takes each model's default candidate: no MODEL, no --version")
+        results = registry.promote_all(tracking, Path.cwd(), **options)
+        text = registry.render_results(results)
+    else:
+        if not args.model:
+            raise ConfigError("name a MODEL to promote, or pass --all")
+        decision = registry.promote(
+            args.model, tracking, Path.cwd(), version=args.version, **options
+        )
+        results, text = {args.model: decision}, registry.render_decision(decision)
+    record = {
+        model: asdict(r) if isinstance(r, registry.Decision) else {"refused": str(r)}
+        for model, r in results.items()
+    }
+    print(json.dumps(record, indent=2) if args.json else text)
+    if args.out:
+        write_json(args.out, record)
+    return 0 if all(isinstance(r, registry.Decision) for r in results.values()) else 1
+
+
+def _registry_history(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from seglab.tracking.registry import promotion_history, render_history
+
+    history = promotion_history(args.model, _tracking_params(args), Path.cwd())
+    if args.json:
+        print(json.dumps(asdict(history), indent=2))
+    else:
+        print(render_history(history))
+    return 0
+
+
+def _server(args: argparse.Namespace) -> int:
+    from seglab.tracking.server import serve, with_overrides
+
+    overrides = {
+        key: getattr(args, key)
+        for key in ("host", "port", "workers", "backend_store_uri", "artifacts_destination")
+        if getattr(args, key) is not None
+    }
+    serve(with_overrides(_tracking_params(args), overrides), Path.cwd())
+
+
+def _runs_compare(args: argparse.Namespace) -> int:
+    from seglab.tracking.compare import compare_runs, render_comparison
+
+    comparison = compare_runs(args.run_a, args.run_b, _tracking_params(args), Path.cwd())
+    if args.json:
+        print(json.dumps(comparison.to_dict(), indent=2))
+    else:
+        print(render_comparison(comparison, only_differences=args.diff))
+    return 0
+
+
+def _train_segmenter(args: argparse.Namespace) -> int:
+    from seglab.config import CardiacParams, load_params
+    from seglab.stages.segmenters import train_segmenter
+
+    params_file = Path(args.params or CARDIAC_PARAMS)
+    params = load_params(params_file, CardiacParams)
+    result = train_segmenter(params, args.arch, root=Path.cwd(), params_file=params_file)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _train_nvae(args: argparse.Namespace) -> int:
+    from seglab.config import CardiacParams, load_params
+    from seglab.stages.nvae import train_nvae
+
+    params_file = Path(args.params or CARDIAC_PARAMS)
+    params = load_params(params_file, CardiacParams)
+    result = train_nvae(params, root=Path.cwd(), params_file=params_file)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _search_nvae(args: argparse.Namespace) -> int:
+    from seglab.config import CardiacParams, load_params
+    from seglab.stages.search import search_nvae
+
+    params_file = Path(args.params or CARDIAC_PARAMS)
+    params = load_params(params_file, CardiacParams)
+    summary = search_nvae(
+        params,
+        root=Path.cwd(),
+        params_file=params_file,
+        target=args.target,
+        storage=args.storage,
+        study_name=args.study_name,
+        n_trials=args.n_trials,
+        sampler=args.sampler,
+        multi_objective=args.multi_objective,
+        workers=args.workers,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _acdcseg(args: argparse.Namespace) -> int:
+    from seglab.config import CardiacParams, load_params
+
+    params = load_params(args.params or CARDIAC_PARAMS, CardiacParams)
+    if args.acdcseg_command == "build":
+        from seglab.stages.acdcseg import build_acdcseg as stage
+    else:
+        from seglab.stages.acdcseg import build_trigram as stage
+    print(stage(params, root=Path.cwd()))
+    return 0
+
+
+def _lgg(args: argparse.Namespace) -> int:
+    from seglab.config import BrainParams, load_params
+
+    params_file = Path(args.params or BRAIN_PARAMS)
+    params = load_params(params_file, BrainParams)
+    if args.lgg_command == "train":
+        from seglab.stages.lgg import train_lgg
+
+        result = train_lgg(params, args.arch, root=Path.cwd(), params_file=params_file)
+        print(json.dumps(result, indent=2))
+    else:
+        from seglab.stages.lgg import compare_lgg
+
+        print(compare_lgg(params, root=Path.cwd(), params_file=params_file))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +238,130 @@ def build_parser() -> argparse.ArgumentParser:
     anatomy.add_argument("mask", help="label NIfTI (0 bg, 1 RV, 2 MYO, 3 LV)")
     anatomy.add_argument("--json", action="store_true")
     anatomy.set_defaults(func=_anatomy)
+
+    tracking_help = "params file whose tracking section names the store (default: params.yaml)"
+    promote = sub.add_parser(
+        "promote", help="move a model's champion alias to a better candidate, recorded"
+    )
+    promote.add_argument("model", nargs="?", help="registered model name")
+    promote.add_argument("--all", action="store_true", help="promote every registered model")
+    promote.add_argument("--version", help="candidate version (default: challenger, else newest)")
+    promote.add_argument("--metric", help="default: dice_mean for acdc-*, iou for lgg-*")
+    promote.add_argument("--goal", choices=["max", "min"], help="default: known per metric")
+    promote.add_argument("--min-delta", type=float, default=0.0, help="required improvement")
+    promote.add_argument("--dry-run", action="store_true", help="decide, change nothing")
+    promote.add_argument("--json", action="store_true")
+    promote.add_argument("--out", help="also write the decisions as JSON (a DVC stage output)")
+    promote.add_argument("--params", help=tracking_help)
+    promote.set_defaults(func=_promote)
+
+    registry = sub.add_parser("registry", help="the model registry").add_subparsers(
+        dest="registry_command", required=True
+    )
+    history = registry.add_parser("history", help="a model's promotion decisions and aliases")
+    history.add_argument("model", help="registered model name")
+    history.add_argument("--json", action="store_true")
+    history.add_argument("--params", help=tracking_help)
+    history.set_defaults(func=_registry_history)
+
+    server = sub.add_parser("server", help="MLflow tracking server + UI (tracking.server params)")
+    server.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    server.add_argument("--port", type=int)
+    server.add_argument("--workers", type=int)
+    server.add_argument("--backend-store-uri", help="e.g. postgresql://user@db-host/mlflow")
+    server.add_argument("--artifacts-destination", help="e.g. s3://bucket/mlflow")
+    server.add_argument("--params", help=tracking_help)
+    server.set_defaults(func=_server)
+
+    runs = sub.add_parser("runs", help="MLflow runs").add_subparsers(
+        dest="runs_command", required=True
+    )
+    compare = runs.add_parser("compare", help="two runs side by side: params, metrics, lineage")
+    compare.add_argument("run_a", help="run id or models:/NAME@ALIAS")
+    compare.add_argument("run_b", help="run id or models:/NAME@ALIAS")
+    compare.add_argument("--diff", action="store_true", help="only the values that differ")
+    compare.add_argument("--json", action="store_true")
+    compare.add_argument("--params", help=tracking_help)
+    compare.set_defaults(func=_runs_compare)
+
+    train_sub = sub.add_parser("train", help="train a model (DVC stages)").add_subparsers(
+        dest="train_command", required=True
+    )
+    segmenter = train_sub.add_parser(
+        "segmenter",
+        help="cross-predict the training patients, then train, test and register one ACDC "
+        "segmenter (MLflow experiment acdc-segmenters)",
+    )
+    segmenter.add_argument(
+        "--arch", required=True, help="unet | resunet | attunet | swinunetr (segmenters.archs)"
+    )
+    segmenter.add_argument("--params", help="params file (default: params.yaml)")
+    segmenter.set_defaults(func=_train_segmenter)
+    nvae = train_sub.add_parser(
+        "nvae",
+        help="train the NVAE on ground-truth masks, test its reconstructions and samples, "
+        "register it as acdc-nvae (MLflow experiment acdc-nvae)",
+    )
+    nvae.add_argument("--params", help="params file (default: params.yaml)")
+    nvae.set_defaults(func=_train_nvae)
+
+    acdcseg = sub.add_parser(
+        "acdcseg", help="the segmenters' predicted masks as datasets (DVC stages)"
+    ).add_subparsers(dest="acdcseg_command", required=True)
+    for name, text in (
+        ("build", "predict every prepared slice with every segmenter -> acdcseg.out"),
+        ("trigram", "ACDCSeg -> prev/current/next predicted slices -> acdcseg.trigram"),
+    ):
+        command = acdcseg.add_parser(name, help=text)
+        command.add_argument("--params", help="params file (default: params.yaml)")
+        command.set_defaults(func=_acdcseg)
+
+    lgg = sub.add_parser(
+        "lgg", help="the brain study: LGG architecture comparison (DVC stages in pipelines/lgg)"
+    ).add_subparsers(dest="lgg_command", required=True)
+    lgg_train = lgg.add_parser(
+        "train",
+        help="train, test and register one smp architecture as lgg-<decoder>-<encoder> "
+        "(MLflow experiment lgg-architectures)",
+    )
+    lgg_train.add_argument(
+        "--arch", required=True, help="<decoder>-<encoder>, one of architectures.names"
+    )
+    lgg_train.add_argument("--params", help=f"params file (default: {BRAIN_PARAMS})")
+    lgg_train.set_defaults(func=_lgg)
+    lgg_compare = lgg.add_parser(
+        "compare", help="comparison table (md, csv) and figures over every trained architecture"
+    )
+    lgg_compare.add_argument("--params", help=f"params file (default: {BRAIN_PARAMS})")
+    lgg_compare.set_defaults(func=_lgg)
+
+    search = sub.add_parser("search", help="Optuna searches (DVC stage search_nvae)")
+    search_sub = search.add_subparsers(dest="search_command", required=True)
+    nvae_search = search_sub.add_parser(
+        "nvae",
+        help="search the NVAE's per-scale beta and stem width (search.* params); each trial is "
+        "an MLflow run of experiment acdc-nvae-search, the best becomes a challenger",
+    )
+    nvae_search.add_argument(
+        "--target", choices=["gt", "corrector", "context"], help="default: search.target"
+    )
+    nvae_search.add_argument(
+        "--storage",
+        help="sqlite:///optuna.db (default), a journal file path (several processes on one "
+        "machine) or postgresql://user@host/db (several machines)",
+    )
+    nvae_search.add_argument("--study-name", help="resumed when it exists (default: derived)")
+    nvae_search.add_argument("--n-trials", type=int, help="the study's total of finished trials")
+    nvae_search.add_argument("--sampler", choices=["tpe", "grid", "random"])
+    nvae_search.add_argument(
+        "--multi-objective",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also maximise anatomical validity (Pareto front)",
+    )
+    nvae_search.add_argument("--workers", type=int, help="worker processes on this machine")
+    nvae_search.add_argument("--params", help="params file (default: params.yaml)")
+    nvae_search.set_defaults(func=_search_nvae)
     return parser
 
 

@@ -7,10 +7,17 @@ No other module reads params.yaml or the environment. Each pipeline (the cardiac
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from seglab.errors import ConfigError
 
@@ -40,11 +47,29 @@ class PhantomParams(Section):
     seed: int = 0
 
 
+class ServerParams(Section):
+    """`seglab server`: an MLflow tracking server for a team (UI, REST API, proxied artifacts).
+
+    ``backend_store_uri`` unset serves ``tracking.uri`` (the project's SQLite file); a team sets
+    ``postgresql://user@host/mlflow``. ``artifacts_destination`` unset serves ``tracking.artifacts``
+    (a project folder); a team sets an object store (``s3://bucket/mlflow``). The default host is
+    loopback: exposing the server is a deliberate setting (with ``allowed_hosts``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(5000, ge=1, le=65535)
+    workers: int = Field(4, ge=1)
+    backend_store_uri: str | None = None
+    artifacts_destination: str | None = None
+    allowed_hosts: str | None = None
+
+
 class TrackingParams(Section):
     """Where MLflow writes. Relative paths resolve against the project root (the cwd)."""
 
     uri: str = "sqlite:///mlflow.db"
     artifacts: str = "mlartifacts"
+    server: ServerParams = ServerParams()
 
 
 class AcdcPrepareParams(Section):
@@ -83,6 +108,8 @@ class TrainerParams(Section):
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
     seed: int = 0
     early_stopping_patience: int | None = Field(None, ge=1)
+    # Batches per training epoch: all (1.0), a fraction, or a count; for quick CPU runs.
+    limit_train_batches: int | float = Field(1.0, gt=0)
 
 
 class NvaeOptimParams(Section):
@@ -121,6 +148,205 @@ class NvaeParams(Section):
         return self
 
 
+class NvaeStageParams(Section):
+    """The NVAE trained on ground-truth masks (DVC stage ``train_nvae``, MLflow experiment
+    ``acdc-nvae``, registered as ``acdc-nvae``): network, training, evaluation, outputs."""
+
+    model: NvaeParams = NvaeParams()
+    trainer: TrainerParams = TrainerParams()
+    # Per-step curves (loss, recon, KL per scale, warm-up coefficient) every n optimiser steps.
+    log_every_n_steps: int = Field(10, ge=1)
+    samples: int = Field(200, ge=1)  # masks generated from the prior for sample_validity
+    temperature: float = Field(1.0, gt=0)  # scales every prior std when sampling
+    figure_rows: int = Field(6, ge=1)  # slices / samples shown in the figures
+    models: str = "models/nvae"  # nvae.ckpt: the lowest-validation-loss epoch
+    metrics: str = "metrics/nvae"  # nvae.json (test figures, timings), curves.csv (per epoch)
+    work: str = "data/work/nvae"  # checkpoints of an unfinished training (resumed), then removed
+
+
+SegmenterArch = Literal["unet", "resunet", "attunet", "swinunetr"]
+
+
+class AugmentParams(Section):
+    """Per-sample random flips and a small affine, applied to whole batches on the device."""
+
+    enabled: bool = True
+    flip: bool = True  # each axis flipped with probability 1/2
+    rotate_deg: float = Field(10.0, ge=0, le=180)  # angle drawn from [-r, r]
+    scale: float = Field(0.1, ge=0, lt=1)  # isotropic zoom drawn from [1 - s, 1 + s]
+    translate: float = Field(0.05, ge=0, lt=0.5)  # shift per axis, fraction of the image size
+
+
+class UNetParams(Section):
+    """MONAI ``UNet``: one level per channel count, each down-sampling by 2.
+
+    ``residual_units`` is MONAI's ``num_res_units``: 0 gives the plain UNet, 2 the study's
+    ResUNet (two residual units per block).
+    """
+
+    channels: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    residual_units: int = Field(0, ge=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class ResUNetParams(UNetParams):
+    """The study's ResUNet: a MONAI ``UNet`` with two residual units per block."""
+
+    residual_units: int = Field(2, ge=1)
+
+
+class AttentionUnetParams(Section):
+    """MONAI ``AttentionUnet``: attention gates on the skip connections."""
+
+    channels: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class SwinUnetrParams(Section):
+    """MONAI ``SwinUNETR`` in 2D; encoder widths are ``feature_size`` x (1, 2, 4, 8, 16).
+
+    Inputs must be divisible by 32 (patch 2, then four merges).
+    """
+
+    feature_size: int = Field(48, ge=12, multiple_of=12)
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+
+
+class SegmenterNetsParams(Section):
+    """Network sizes per architecture (the names are the ``--arch`` values and DVC variants)."""
+
+    unet: UNetParams = UNetParams()
+    resunet: ResUNetParams = ResUNetParams()
+    attunet: AttentionUnetParams = AttentionUnetParams()
+    swinunetr: SwinUnetrParams = SwinUnetrParams()
+
+
+class SegmenterTrainParams(Section):
+    """How every segmenter is trained: MONAI Dice + cross-entropy, Adam at 1e-3 (the study's)."""
+
+    lr: float = Field(1e-3, gt=0)
+    loss: Literal["dice_ce", "dice", "ce"] = "dice_ce"
+    augment: AugmentParams = AugmentParams()
+    trainer: TrainerParams = TrainerParams()
+
+
+class SegmentersParams(Section):
+    """The four ACDC segmenters: which to train, their sizes, training, and where outputs go."""
+
+    archs: tuple[SegmenterArch, ...] = ("unet", "resunet", "attunet", "swinunetr")
+    models: str = "models/segmenters"  # <arch>.ckpt (best validation Dice), <arch>.crossfit.npz
+    metrics: str = "metrics/segmenters"  # <arch>.json test metrics, <arch>.crossfit.json
+    work: str = "data/work/segmenters"  # last.ckpt of an unfinished training, to resume it
+    nets: SegmenterNetsParams = SegmenterNetsParams()
+    train: SegmenterTrainParams = SegmenterTrainParams()
+
+    @model_validator(mode="after")
+    def _unique_archs(self) -> SegmentersParams:
+        if len(set(self.archs)) != len(self.archs):
+            raise ValueError(f"archs lists an architecture twice: {list(self.archs)}")
+        return self
+
+
+class AcdcSegParams(Section):
+    """ACDCSeg (every segmenter's predicted masks) and its 3-gram context form.
+
+    ``folds`` decides how the *train* split's predictions are made: K >= 2 is K-fold
+    cross-prediction over the training patients (each slice predicted by a model that never
+    saw its patient); 1 is the study's in-sample predictions by the final model (optimistic,
+    flagged in meta.json). Val and test are always predicted by the final models.
+    """
+
+    folds: int = Field(5, ge=1)
+    seed: int = 0
+    out: str = "data/acdcseg"
+    trigram: str = "data/acdc3gram"
+
+
+class BetaRangeParams(Section):
+    """Where the TPE/random samplers draw every scale's beta: integers when ``step`` is a whole
+    number and so are the bounds (the study's betas), continuous floats when ``step`` is null."""
+
+    low: float = Field(1.0, gt=0)
+    high: float = Field(16.0, gt=0)
+    step: float | None = Field(1.0, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> BetaRangeParams:
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.log and self.step is not None:
+            raise ValueError("a log-scaled range takes no step (set step: null)")
+        return self
+
+
+class SearchSpaceParams(Section):
+    """What a TPE/random trial varies. A categorical list with one value is fixed; an empty
+    ``kl_warmup_steps`` keeps ``nvae.model.kl_warmup_steps``."""
+
+    beta: BetaRangeParams = BetaRangeParams()
+    stem_channels: tuple[int, ...] = Field((4, 8, 16, 32, 64), min_length=1)
+    kl_warmup_steps: tuple[int, ...] = ()
+
+
+class SearchGridParams(Section):
+    """``sampler: grid``: every combination is one trial. ``beta`` lists the values of every
+    scale, so 3 values over 3 scales make the study's 27-point grid (see README, Search)."""
+
+    beta: tuple[float, ...] = Field((8.0, 10.0, 11.0), min_length=1)
+    stem_channels: tuple[int, ...] = Field((4,), min_length=1)
+    kl_warmup_steps: tuple[int, ...] = ()
+
+
+SearchTarget = Literal["gt", "corrector", "context"]
+
+
+class SearchParams(Section):
+    """The Optuna study over the NVAE's per-scale beta and stem width (``seglab search nvae``).
+
+    ``target`` picks the data: ``gt`` reconstructs ground-truth masks, ``corrector`` maps ACDCSeg
+    predictions to ground truth, ``context`` maps 3-gram predictions to ground truth. ``storage``
+    is a SQLite URL (one process), a journal file path (several processes on one machine) or a
+    PostgreSQL URL (several machines); relative paths resolve against the project. A study is
+    resumed when its name exists; ``study_name`` null derives the name from the target and a
+    fingerprint of everything that changes what a trial measures, so a changed search starts a
+    new study and an unchanged one continues. ``n_trials`` is the study's total of finished
+    (complete or pruned) trials, however many workers share it. ``enqueue`` lists per target the
+    known good settings (NVAE overlays) run first by TPE/random (the grid contains its own).
+    ``trainer`` null trains every trial like ``nvae.trainer``. A worker that dies is detected by
+    its missing heartbeat after ``grace_period`` seconds (null: twice the interval) and its trial
+    retried up to ``max_retry`` times.
+    """
+
+    target: SearchTarget = "gt"
+    storage: str = "sqlite:///optuna.db"
+    study_name: str | None = None
+    sampler: Literal["tpe", "grid", "random"] = "tpe"
+    seed: int = 0
+    n_trials: int = Field(20, ge=1)
+    workers: int = Field(1, ge=1)
+    multi_objective: bool = False  # maximise val Dice and anatomical validity (Pareto front)
+    pruning: bool = True  # median pruner on per-epoch val Dice (single objective only)
+    pruner_startup_trials: int = Field(2, ge=0)
+    pruner_warmup_epochs: int = Field(1, ge=0)
+    space: SearchSpaceParams = SearchSpaceParams()
+    grid: SearchGridParams = SearchGridParams()
+    enqueue: dict[SearchTarget, tuple[dict[str, Any], ...]] = {
+        "gt": ({"beta": (8, 10, 11), "stem_channels": 4},),
+        "context": ({"beta": (1, 1, 5), "stem_channels": 4},),
+    }
+    trainer: TrainerParams | None = None
+    heartbeat_interval: int = Field(60, ge=1)
+    grace_period: int | None = Field(None, ge=1)
+    max_retry: int = Field(3, ge=0)
+    register_best: bool = True  # the best trial's model: a new registered version, challenger
+    best: str = "search/best_nvae.yaml"  # the best NVAE settings, an overlay of params.yaml
+    summary: str = "metrics/search/nvae.json"  # study, best trial, counts, Pareto front
+    plots: str = "plots/search"  # optimisation history, importances, parallel coordinates
+    work: str = "data/work/search"  # per-trial checkpoints while the study runs
+
+
 class CardiacParams(Section):
     """Root of params.yaml (the cardiac study). Later stages add their sections here."""
 
@@ -128,6 +354,10 @@ class CardiacParams(Section):
     profiles: dict[str, dict[str, Any]] = {}
     acdc: AcdcDataParams = AcdcDataParams()
     tracking: TrackingParams = TrackingParams()
+    segmenters: SegmentersParams = SegmentersParams()
+    acdcseg: AcdcSegParams = AcdcSegParams()
+    nvae: NvaeStageParams = NvaeStageParams()
+    search: SearchParams = SearchParams()
 
 
 class LggPrepareParams(Section):
@@ -144,12 +374,89 @@ class LggDataParams(Section):
     prepare: LggPrepareParams = LggPrepareParams()
 
 
+LggDecoder = Literal["unet", "linknet", "fpn", "pspnet", "deeplabv3"]
+#: The comparison of issue 9: five decoders on ResNet-18, and Unet on ResNet-101.
+LGG_ARCHS: tuple[str, ...] = (
+    "unet-resnet18",
+    "linknet-resnet18",
+    "fpn-resnet18",
+    "pspnet-resnet18",
+    "deeplabv3-resnet18",
+    "unet-resnet101",
+)
+
+
+def split_arch_name(name: str) -> tuple[str, str]:
+    """``unet-resnet18`` -> ``("unet", "resnet18")``: a known decoder, then any encoder name."""
+    decoder, sep, encoder = name.partition("-")
+    if not sep or not encoder or decoder not in get_args(LggDecoder):
+        raise ConfigError(
+            f"'{name}' is not <decoder>-<encoder> with a decoder among "
+            f"{', '.join(get_args(LggDecoder))} (e.g. unet-resnet18)"
+        )
+    return decoder, encoder
+
+
+class LggTrainParams(Section):
+    """How every architecture is trained: smp network, shared ``SegmentationModule`` in sigmoid
+    mode (Dice + BCE), Adam. Defaults are the original comparison's (lr 1e-4, batch 16, 30
+    epochs, early stopping after 5 epochs without a better validation IoU).
+
+    ``encoder_weights`` null starts every encoder from random weights; ``imagenet`` loads the
+    encoder's entry in ``weights_files`` (encoder name -> local state_dict file, e.g.
+    ``resnet18: weights/resnet18-f37072fd.pth``). Nothing is downloaded: an encoder without a
+    file, or a file that is missing or does not fit, is an error.
+    """
+
+    lr: float = Field(1e-4, gt=0)
+    loss: Literal["dice_ce", "dice", "ce"] = "dice_ce"
+    encoder_weights: Literal["imagenet"] | None = None
+    weights_files: dict[str, str] = {}
+    augment: AugmentParams = AugmentParams(enabled=False)
+    trainer: TrainerParams = TrainerParams(max_epochs=30, batch_size=16, early_stopping_patience=5)
+
+
+class LggArchsParams(Section):
+    """The architecture comparison (DVC stages ``train@<name>`` and ``compare``, MLflow
+    experiment ``lgg-architectures``, each registered as ``lgg-<name>``)."""
+
+    names: tuple[str, ...] = LGG_ARCHS
+    train: LggTrainParams = LggTrainParams()
+    models: str = "models/lgg"  # <name>.ckpt: the best validation IoU
+    metrics: str = "metrics/lgg"  # <name>.json: test figures, time, size, speed
+    report: str = "reports/lgg"  # comparison table (md, csv) and figures
+    work: str = "data/work/lgg"  # checkpoints of an unfinished training (resumed), then removed
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"an architecture is listed twice: {list(names)}")
+        for name in names:
+            try:
+                split_arch_name(name)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return names
+
+
 class BrainParams(Section):
     """Root of pipelines/lgg/params.yaml (the brain study)."""
 
     profile: Literal["quick", "full"] = "quick"
     profiles: dict[str, dict[str, Any]] = {}
     lgg: LggDataParams = LggDataParams()
+    tracking: TrackingParams = TrackingParams()
+    architectures: LggArchsParams = LggArchsParams()
+
+
+class TrackingSection(Section):
+    """Only the ``tracking`` section of either study's params file: the registry, server and
+    run-comparison commands serve the whole project, so they accept either file and leave the
+    study sections to the study's own model."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
     tracking: TrackingParams = TrackingParams()
 
 

@@ -23,12 +23,16 @@ class TensorDataModule(L.LightningDataModule):
         batch_size: int,
         seed: int = 0,
         eval_batch_size: int | None = None,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         self.splits = dict(splits)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or max(batch_size, 64)
         self.seed = seed
+        # Drop an incomplete last training batch: batch-norm on pooled 1x1 features (DeepLabV3's
+        # ASPP pooling) cannot train on a batch of one.
+        self.drop_last = drop_last
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.splits or len(self.splits[split][0]) == 0:
@@ -38,7 +42,7 @@ class TensorDataModule(L.LightningDataModule):
             TensorDataset(*self.splits[split]),
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            drop_last=False,
+            drop_last=train and self.drop_last,
             generator=generator if train else None,
         )
 

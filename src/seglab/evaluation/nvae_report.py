@@ -1,0 +1,242 @@
+"""How well an NVAE reconstructs masks, and how plausible the masks it generates are.
+
+* Reconstruction: the posterior *means* are decoded (no sampling; batch norm in eval mode), so
+  the figures are deterministic; Dice and HD95 per structure (``seglab.metrics.overlap``, keys
+  ``dice_*``/``hd95_*``) against the targets, and the anatomical validity of the reconstructions
+  (``anatomical_validity``) next to that of the targets themselves (``target_validity``, the
+  ceiling a model that copied its targets would reach).
+* Generation: masks decoded from the prior (``temperature`` scales every std; the NVAE paper
+  samples below 1 for sharper images) and the share of them that show a heart and are
+  anatomically valid (``sample_validity``): a model that learned the shape of a heart generates
+  valid hearts. An all-background mask passes every criterion but is no heart, so it counts as
+  a failure here (``samples_empty`` says how many there were): a collapsed model that decodes
+  every latent to background would otherwise score a perfect 1.
+
+Inputs are one-hot ``[N, C, H, W]`` with ``C = 4 k`` (k stacked masks: 1 for a mask, 3 for the
+previous/current/next 3-gram); targets are one-hot ``[N, 4, H, W]`` or label maps ``[N, H, W]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from torch import Tensor
+
+from seglab.metrics.anatomy import check_slices
+from seglab.metrics.labels import NUM_LABELS, RV, STRUCTURE_LABELS, STRUCTURES
+from seglab.metrics.overlap import overlap, summarize_overlap
+from seglab.models.nvae import Nvae
+from seglab.training.nvae_module import NvaeModule
+
+#: The figures' colours: background black, RV blue, MYO green, LV red (label order 0..3).
+COLOURS = ListedColormap(["black", "tab:blue", "tab:green", "tab:red"])
+#: The headline figures, first in every result (the project's metric keys).
+KEYS = (
+    "dice_mean",
+    "dice_lv",
+    "dice_myo",
+    "dice_rv",
+    "hd95_mean",
+    "hd95_lv",
+    "hd95_myo",
+    "hd95_rv",
+    "anatomical_validity",
+    "target_validity",
+    "sample_validity",
+)
+
+
+def _network(model: Nvae | NvaeModule) -> Nvae:
+    return model.model if isinstance(model, NvaeModule) else model
+
+
+def _device(net: Nvae, device: str | torch.device | None) -> torch.device:
+    return torch.device(device) if device is not None else next(net.parameters()).device
+
+
+def _labels(masks: Tensor) -> np.ndarray:
+    return masks.argmax(1).to(torch.uint8).cpu().numpy()
+
+
+def input_labels(inputs: Tensor | np.ndarray) -> np.ndarray:
+    """uint8 ``[N, H, W]`` label map of the current slice in one-hot inputs ``[N, 4 k, H, W]``
+    (the middle of the k stacked masks: the mask itself, or the centre of a 3-gram)."""
+    tensor = torch.as_tensor(inputs)
+    maps = tensor.shape[1] // NUM_LABELS
+    if tensor.ndim != 4 or maps * NUM_LABELS != tensor.shape[1]:
+        raise ValueError(f"inputs must be [N, 4k, H, W] one-hot, got {tuple(tensor.shape)}")
+    middle = maps // 2
+    return _labels(tensor[:, middle * NUM_LABELS : (middle + 1) * NUM_LABELS])
+
+
+@torch.no_grad()
+def reconstruct(
+    model: Nvae | NvaeModule,
+    inputs: Tensor,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """uint8 ``[N, H, W]`` argmax labels decoded from the posterior means, in batches."""
+    net = _network(model)
+    dev, was_training = _device(net, device), net.training
+    net.to(dev).eval()
+    try:
+        parts = [
+            _labels(net.reconstruct(inputs[i : i + batch_size].to(dev).float()))
+            for i in range(0, len(inputs), batch_size)
+        ]
+    finally:
+        net.train(was_training)
+    height, width = inputs.shape[-2:]
+    return np.concatenate(parts) if parts else np.zeros((0, height, width), np.uint8)
+
+
+@torch.no_grad()
+def generate(
+    model: Nvae | NvaeModule,
+    n: int,
+    *,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """uint8 ``[n, H, W]`` masks decoded from the prior, seeded (the global RNG is untouched)."""
+    net = _network(model)
+    dev, was_training = _device(net, device), net.training
+    net.to(dev).eval()
+    fork = [dev.index or 0] if dev.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=fork):
+            torch.manual_seed(seed)
+            parts = [
+                _labels(net.sample(min(batch_size, n - i), temperature))
+                for i in range(0, n, batch_size)
+            ]
+    finally:
+        net.train(was_training)
+    size = net.image_size
+    return np.concatenate(parts) if parts else np.zeros((0, size, size), np.uint8)
+
+
+def evaluate_nvae(
+    model: Nvae | NvaeModule,
+    inputs: Tensor,
+    targets: Tensor | np.ndarray,
+    spacing: np.ndarray | Sequence[float],
+    *,
+    samples: int = 0,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Reconstruction and (with ``samples`` > 0) generation figures of ``model``.
+
+    ``spacing`` is each slice's pixel size ``[N, 2]`` in mm (or one pair); generated masks are
+    judged at the median spacing. The :data:`KEYS` come first (``sample_validity`` only with
+    samples), then the overlap summary's counts (slices, absent-structure cases).
+    """
+    if len(inputs) == 0:
+        raise ValueError("nothing to evaluate: no slices")
+    spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (len(inputs), 2))
+    recon = reconstruct(model, inputs, batch_size=batch_size, device=device)
+    target_labels = _labels(torch.as_tensor(targets)) if np.ndim(targets) == 4 else targets
+    target_labels = np.asarray(target_labels, dtype=np.uint8)
+    summary = summarize_overlap(overlap(recon, target_labels, spacing))
+    figures: dict[str, Any] = {
+        **{k: summary[k] for k in KEYS[:8]},
+        "anatomical_validity": check_slices(recon, spacing).summary()["anatomical_validity"],
+        "target_validity": check_slices(target_labels, spacing).summary()["anatomical_validity"],
+    }
+    if samples > 0:
+        generated = generate(
+            model,
+            samples,
+            temperature=temperature,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+        )
+        valid = check_slices(generated, np.median(spacing, axis=0)).valid
+        empty = (generated.reshape(samples, -1) == 0).all(axis=1)
+        figures["sample_validity"] = float((valid & ~empty).mean())
+        figures["samples"] = samples
+        figures["samples_empty"] = int(empty.sum())
+    return figures | {k: v for k, v in summary.items() if k not in figures}
+
+
+def _picks(labels: np.ndarray, rows: int) -> np.ndarray:
+    """``rows`` indices spread over the slices that have foreground (all slices if none has)."""
+    has_heart = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1))
+    pool = has_heart if len(has_heart) else np.arange(len(labels))
+    return pool[np.linspace(0, len(pool) - 1, min(rows, len(pool))).round().astype(int)]
+
+
+def _show(ax: Any, mask: np.ndarray, title: str) -> None:
+    ax.imshow(mask, cmap=COLOURS, vmin=0, vmax=NUM_LABELS - 1, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def _legend(fig: Figure) -> None:
+    names = {label: name.upper() for label, name in zip(STRUCTURE_LABELS, STRUCTURES, strict=True)}
+    handles = [Patch(color=COLOURS(label), label=names[label]) for label in range(RV, NUM_LABELS)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+
+
+def reconstruction_figure(
+    inputs: np.ndarray,
+    recon: np.ndarray,
+    *,
+    targets: np.ndarray | None = None,
+    captions: Sequence[str] | None = None,
+    rows: int = 6,
+) -> Figure:
+    """Input mask next to its reconstruction (and the target, when it differs from the input),
+    for ``rows`` slices spread over the set; each reconstruction is titled with its Dice.
+
+    All arrays are label maps ``[N, H, W]``; ``captions`` names each slice (patient, slice).
+    """
+    reference = inputs if targets is None else targets
+    picks = _picks(reference, rows)
+    dice = overlap(recon[picks], reference[picks], (1.0, 1.0)).dice_mean
+    columns = [("input", inputs)] + ([("target", targets)] if targets is not None else [])
+    fig = Figure(figsize=(2.4 * (len(columns) + 1), 2.5 * len(picks) + 0.4), layout="constrained")
+    axes = fig.subplots(len(picks), len(columns) + 1, squeeze=False)
+    for row, i, score in zip(axes, picks, dice, strict=True):
+        caption = f"{captions[i]}: " if captions is not None else ""
+        for ax, (name, masks) in zip(row, columns, strict=False):
+            _show(ax, masks[i], f"{caption}{name}")
+        _show(row[-1], recon[i], f"reconstruction, Dice {score:.3f}")
+    _legend(fig)
+    return fig
+
+
+def samples_figure(
+    samples: np.ndarray, spacing: Sequence[float], *, columns: int = 4, count: int = 16
+) -> Figure:
+    """The first ``count`` generated masks, each titled valid, empty, or with its first failed
+    anatomical criterion (judged at pixel size ``spacing``, mm)."""
+    shown = samples[:count]
+    result = check_slices(shown, np.asarray(spacing, dtype=np.float64))
+    rows = max(1, -(-len(shown) // columns))
+    fig = Figure(figsize=(2.4 * columns, 2.5 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        if i >= len(shown):
+            ax.axis("off")
+            continue
+        failed = result.failed(i)
+        extra = f" (+{len(failed) - 1})" if len(failed) > 1 else ""
+        title = f"{failed[0]}{extra}" if failed else "valid" if shown[i].any() else "empty"
+        _show(ax, shown[i], title)
+    _legend(fig)
+    return fig

@@ -1,0 +1,414 @@
+"""The brain study's stages: train one architecture on the prepared LGG slices, and compare them
+(DVC ``train@<name>`` and ``compare`` in ``pipelines/lgg``; ``seglab lgg train|compare``).
+
+``train``: a segmentation-models-pytorch network (:mod:`seglab.models.lgg`) in the shared
+:class:`~seglab.training.segmentation_module.SegmentationModule` (sigmoid output, Dice + BCE,
+Adam) through the shared runner :func:`~seglab.training.fit.fit`: the epoch with the best
+validation IoU is kept, training stops after ``early_stopping_patience`` epochs without a better
+one, and mixed precision is used on a GPU (``precision: auto``). The best epoch is tested on the
+test split (:mod:`seglab.evaluation.lgg_report`: IoU and Dice per slice and per patient volume,
+pixel accuracy, empty-mask slices apart, inference speed), recorded in one MLflow run named
+``<name>`` of experiment ``lgg-architectures`` and registered as ``lgg-<name>`` with the
+evaluation tags ``seglab promote`` compares on. Outputs: ``<models>/<name>.ckpt``,
+``<metrics>/<name>.json``.
+
+``compare``: every architecture's metrics file -> ``<report>/comparison.md`` and ``.csv`` and
+the figures (IoU vs training time, IoU vs parameters, model sizes), also logged as artifacts of
+a ``comparison`` run in the same experiment.
+
+An interrupted training resumes from its ``last.ckpt`` in ``architectures.work``, in a folder
+named after a fingerprint of the architecture, the training params, the encoder weights and the
+dataset's DVC hash; the folder is removed when the stage succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seglab.config import BrainParams, LggArchsParams, TrainerParams, split_arch_name
+from seglab.data.splits import SPLITS
+from seglab.data.store import SliceSet, load_split
+from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.evaluation.lgg_report import (
+    COST_KEYS,
+    KEYS,
+    comparison_table,
+    iou_vs_params_figure,
+    iou_vs_time_figure,
+    markdown_table,
+    model_size_figure,
+    predict_timed,
+    prediction_figure,
+    summarize,
+)
+from seglab.io import atomic_dir, atomic_file, write_json
+from seglab.models.lgg import build_lgg_net
+from seglab.models.segmenters import parameter_count, weights_mb
+from seglab.tracking import configure, dvc_hash, log_artifact, log_figure, log_metrics, tracked_run
+from seglab.tracking.models import log_and_register
+from seglab.tracking.registry import evaluation_tags
+from seglab.training.datamodule import TensorDataModule
+from seglab.training.fit import fit, resolve_precision
+from seglab.training.segmentation_module import SegmentationModule
+
+EXPERIMENT = "lgg-architectures"
+DATASET = "lgg_prepared"
+MONITOR = "val_iou"
+COMPARISON_RUN = "comparison"
+#: The comparison's files in ``architectures.report`` (DVC outputs and MLflow artifacts).
+REPORT_FILES = {
+    "table_md": "comparison.md",
+    "table_csv": "comparison.csv",
+    "iou_vs_time": "iou_vs_train_seconds.png",
+    "iou_vs_params": "iou_vs_params.png",
+    "model_size": "model_size.png",
+}
+_AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def registered_name(name: str) -> str:
+    """``lgg-<decoder>-<encoder>``, the registry name of an architecture."""
+    return f"lgg-{name}"
+
+
+def checkpoint_path(params: LggArchsParams, name: str, root: Path) -> Path:
+    return Path(root) / params.models / f"{name}.ckpt"
+
+
+def metrics_path(params: LggArchsParams, name: str, root: Path) -> Path:
+    return Path(root) / params.metrics / f"{name}.json"
+
+
+def _check_name(params: LggArchsParams, name: str) -> None:
+    split_arch_name(name)
+    if name not in params.names:
+        raise ConfigError(f"'{name}' is not in architectures.names ({', '.join(params.names)})")
+
+
+def encoder_weights_file(params: LggArchsParams, name: str, root: Path) -> Path | None:
+    """The local weights file the encoder of ``name`` starts from; None for random weights.
+
+    With ``encoder_weights: imagenet`` an encoder without an entry in ``weights_files`` is an
+    error: nothing is downloaded (an offline machine cannot, and DVC could not track it).
+    """
+    train = params.train
+    if train.encoder_weights is None:
+        return None
+    encoder = split_arch_name(name)[1]
+    if encoder not in train.weights_files:
+        listed = ", ".join(sorted(train.weights_files)) or "none"
+        raise ConfigError(
+            f"architectures.train.encoder_weights is '{train.encoder_weights}' but "
+            f"architectures.train.weights_files names no file for encoder '{encoder}' (listed: "
+            f"{listed}); weights are never downloaded: put a local state_dict file there "
+            "(see README, brain study) or set encoder_weights: null for random initialisation"
+        )
+    path = Path(train.weights_files[encoder])
+    return path if path.is_absolute() else Path(root) / path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_prepared(params: BrainParams, root: Path) -> dict[str, SliceSet]:
+    """The prepared LGG splits (train, val, test); each must hold slices."""
+    folder = Path(root) / params.lgg.prepared
+    splits = {split: load_split(folder / f"{split}.npz") for split in SPLITS}
+    for name, slices in splits.items():
+        if len(slices) == 0:
+            raise SeglabError(
+                f"{params.lgg.prepared}: the {name} split has no slices (too few patients to "
+                "fill every split; use more patients or change lgg.prepare.split)"
+            )
+    return splits
+
+
+def image_tensor(slices: SliceSet) -> torch.Tensor:
+    """``[N, 3, H, W]`` float32 in [0, 1]: the networks' input (prepared images are uint8)."""
+    return torch.from_numpy(slices.image).float().div_(255.0)
+
+
+def new_module(name: str, params: LggArchsParams, weights: Path | None) -> SegmentationModule:
+    """An untrained ``name`` network in the shared module, binary (sigmoid) mode."""
+    decoder, encoder = split_arch_name(name)
+    return SegmentationModule(
+        build_lgg_net(name, weights_file=weights),
+        1,
+        lr=params.train.lr,
+        loss=params.train.loss,
+        class_names={1: "tumour"},
+        monitor=MONITOR,
+        augment=params.train.augment,
+        hparams={"name": name, "decoder": decoder, "encoder": encoder},
+    )
+
+
+def load_lgg_model(path: Path) -> SegmentationModule:
+    """A trained network from a checkpoint written by :func:`train_lgg` (no weights file
+    needed: the architecture is read from the checkpoint, the weights are the trained ones)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "LGG model checkpoint not found (run `dvc repro` to train it)")
+    try:
+        hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+        name = hparams["name"]
+        return SegmentationModule.load_from_checkpoint(
+            path,
+            net=build_lgg_net(name),
+            map_location="cpu",
+            hparams={k: hparams[k] for k in ("name", "decoder", "encoder")},
+        )
+    except (OSError, RuntimeError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(path, f"not a readable LGG model checkpoint ({exc})") from exc
+
+
+def _fingerprint(params: LggArchsParams, name: str, data_md5: str, weights_sha: str) -> str:
+    """What a resumable training depends on: resuming with anything else would mix runs."""
+    payload = {
+        "name": name,
+        "train": params.train.model_dump(mode="json"),
+        "data": data_md5,
+        "weights": weights_sha,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _device(trainer: TrainerParams) -> torch.device:
+    """Where the test predictions run: the GPU when training may use one and there is one."""
+    gpu = trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return torch.device("cuda" if gpu else "cpu")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _epochs_to_best(best: Path) -> int:
+    """Epochs trained when the best checkpoint was written (Lightning stores a 0-based epoch)."""
+    return int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) + 1
+
+
+def _save_checkpoint(best: Path, target: Path) -> None:
+    """The best epoch without optimiser and loop state: what inference and registration need."""
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    keep = ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step")
+    with atomic_file(target) as tmp:
+        torch.save({k: checkpoint[k] for k in keep if k in checkpoint}, tmp)
+
+
+def _captions(slices: SliceSet) -> list[str]:
+    meta = slices.meta
+    return [f"{p} #{n}" for p, n in zip(meta["patient"], meta["slice_number"], strict=True)]
+
+
+def train_lgg(
+    params: BrainParams, name: str, *, root: Path = Path("."), params_file: Path | None = None
+) -> dict[str, Any]:
+    """Train, test, log and register one architecture ``<decoder>-<encoder>``.
+
+    Returns the test figures (:data:`~seglab.evaluation.lgg_report.KEYS` first), the costs
+    (:data:`~seglab.evaluation.lgg_report.COST_KEYS`) and the settings, run id and registered
+    version, as written to ``<metrics>/<name>.json``.
+    """
+    archs = params.architectures
+    _check_name(archs, name)
+    root = Path(root)
+    weights = encoder_weights_file(archs, name, root)
+    module = new_module(name, archs, weights)  # a bad weights file stops here, before any run
+    weights_sha = _sha256(weights) if weights is not None else "random"
+    splits = load_prepared(params, root)
+    uri = configure(params.tracking, root)
+    data_md5 = str(dvc_hash(Path(params.lgg.prepared), root))
+    trainer = archs.train.trainer
+    decoder, encoder = split_arch_name(name)
+    tensors = {s: (image_tensor(splits[s]), torch.from_numpy(splits[s].label)) for s in SPLITS}
+    work = root / archs.work / f"{name}-{_fingerprint(archs, name, data_md5, weights_sha)}"
+    settings = {
+        "encoder_weights": archs.train.encoder_weights or "random",
+        "image_size": int(splits["test"].image.shape[-1]),
+        "precision": resolve_precision(trainer),
+    }
+    with tracked_run(
+        params.tracking,
+        EXPERIMENT,
+        name,
+        root=root,
+        params={
+            "name": name,
+            "profile": params.profile,
+            "train": archs.train,
+            "prepare": params.lgg.prepare,
+            "encoder_weights_sha256": weights_sha,
+        },
+        datasets={DATASET: Path(params.lgg.prepared)},
+        params_file=params_file,
+        tags={"arch": decoder, "encoder": encoder},
+    ) as run:
+        run_id = run.info.run_id
+        train_count = len(tensors["train"][0])
+        data = TensorDataModule(
+            {s: tensors[s] for s in ("train", "val")},
+            batch_size=trainer.batch_size,
+            seed=trainer.seed,
+            drop_last=train_count % trainer.batch_size == 1 and train_count > 1,
+        )
+        fitted = fit(
+            module,
+            data,
+            trainer,
+            work,
+            monitor=MONITOR,
+            mode="max",
+            run_id=run_id,
+            tracking_uri=uri,
+        )
+        best = load_lgg_model(fitted.best_path)
+        test = splits["test"]
+        device = _device(trainer)
+        pred, speed = predict_timed(
+            best.net,
+            tensors["test"][0],
+            batch_size=max(trainer.batch_size, 64),
+            device=device,
+            autocast=_AUTOCAST.get(settings["precision"]) if device.type == "cuda" else None,
+        )
+        figures = summarize(pred, test.label, test.meta["patient"].to_numpy())
+        net = best.net.cpu()
+        costs = {
+            "train_seconds": fitted.train_seconds,
+            "epochs": fitted.epochs,
+            "epochs_to_best": _epochs_to_best(fitted.best_path),
+            "params_count": parameter_count(net),
+            "model_mb": weights_mb(net),
+            "slices_per_second": speed,
+        }
+        log_metrics({**{k: figures[k] for k in KEYS}, **costs})
+        log_figure(
+            prediction_figure(test.image, test.label, pred, _captions(test)),
+            "plots/test_predictions.png",
+        )
+        version = log_and_register(
+            net,
+            registered_name(name),
+            tensors["test"][0][:2].numpy(),
+            tags={**evaluation_tags("test", data_md5), "arch": decoder, "encoder": encoder},
+        )
+        _save_checkpoint(fitted.best_path, checkpoint_path(archs, name, root))
+        result = {
+            **figures,
+            **costs,
+            "name": name,
+            "decoder": decoder,
+            "encoder": encoder,
+            **settings,
+            "best_val_iou": fitted.best_score,
+            "device": _device_name(device),
+            "max_epochs": trainer.max_epochs,
+            "batch_size": trainer.batch_size,
+            "lr": archs.train.lr,
+            "limit_train_batches": trainer.limit_train_batches,
+            "early_stopping_patience": trainer.early_stopping_patience,
+            "train_slices": train_count,
+            "resumed_from": str(fitted.resumed_from) if fitted.resumed_from else None,
+            "run_id": run_id,
+            "registered_model": registered_name(name),
+            "model_version": str(version.version),
+        }
+        write_json(metrics_path(archs, name, root), result)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(path, "architecture metrics not found (run its train stage first)")
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"not a readable metrics file ({exc})") from exc
+    if not isinstance(result, dict) or any(k not in result for k in (*KEYS, *COST_KEYS)):
+        raise DataError(path, "not an LGG architecture metrics file (stale: run `dvc repro`)")
+    return result
+
+
+def _settings_line(results: list[dict[str, Any]]) -> str:
+    """Where and how the rows were made (the same for every row of one pipeline run)."""
+    fields = (
+        "device",
+        "precision",
+        "image_size",
+        "encoder_weights",
+        "max_epochs",
+        "batch_size",
+        "lr",
+        "limit_train_batches",
+        "early_stopping_patience",
+        "train_slices",
+    )
+    parts = []
+    for field in fields:
+        values = sorted({str(r.get(field)) for r in results})
+        parts.append(f"{field} {' / '.join(values)}")
+    return "; ".join(parts)
+
+
+def compare_lgg(
+    params: BrainParams, *, root: Path = Path("."), params_file: Path | None = None
+) -> str:
+    """Table (markdown + CSV) and figures over every architecture; returns the markdown."""
+    archs = params.architectures
+    root = Path(root)
+    results = [_read_result(metrics_path(archs, name, root)) for name in archs.names]
+    table = comparison_table(results)
+    first = results[0]
+    markdown = "\n".join(
+        [
+            "# LGG architectures: test split",
+            "",
+            f"Test: {first['slices']} slices ({first['tumour_slices']} with tumour) of "
+            f"{first['patients']} patients. Settings: {_settings_line(results)}.",
+            "",
+            markdown_table(table),
+            "",
+        ]
+    )
+    report = root / archs.report
+    with atomic_dir(report) as tmp:
+        (tmp / REPORT_FILES["table_md"]).write_text(markdown)
+        table.to_csv(tmp / REPORT_FILES["table_csv"], index=False, float_format="%.6g")
+        for key, figure in (
+            ("iou_vs_time", iou_vs_time_figure(table)),
+            ("iou_vs_params", iou_vs_params_figure(table)),
+            ("model_size", model_size_figure(table)),
+        ):
+            figure.savefig(tmp / REPORT_FILES[key], dpi=120)
+    with tracked_run(
+        params.tracking,
+        EXPERIMENT,
+        COMPARISON_RUN,
+        root=root,
+        params={"names": ",".join(archs.names), "profile": params.profile},
+        datasets={DATASET: Path(params.lgg.prepared)},
+        params_file=params_file,
+        tags={
+            "role": "comparison",
+            **{f"run.{r['name']}": str(r.get("run_id")) for r in results},
+        },
+    ):
+        for file in REPORT_FILES.values():
+            log_artifact(report / file, "comparison")
+    return markdown

@@ -1,0 +1,467 @@
+"""The segmenter stage: train one architecture on the prepared ACDC slices, and cross-predict
+the training patients for ACDCSeg (DVC ``train_segmenter@<arch>``, ``seglab train segmenter``).
+
+The final model trains on the train split, keeps the epoch with the best validation Dice, is
+evaluated on the test split with ``seglab.metrics`` (Dice and HD95 per structure at the prepared
+pixel spacing, anatomical validity) and is recorded in one MLflow run named ``<arch>`` of
+experiment ``acdc-segmenters``; the network is registered as ``acdc-segmenter-<arch>``.
+
+Before it, when ``acdcseg.folds`` = K >= 2, the training patients are cut into K folds (stratified
+by group) and K models, each trained without one fold, predict the slices of the fold they never
+saw: ACDCSeg's train split is then made of predictions as honest as those on val and test
+(MLflow run ``<arch>-crossfit``, one child run per fold). With K = 1 the stage only records that
+ACDCSeg's train split uses the final model's in-sample predictions (the study's choice).
+
+Outputs: ``<models>/<arch>.ckpt`` (the best epoch: weights and hyper-parameters),
+``<models>/<arch>.crossfit.npz`` (out-of-fold label maps), ``<metrics>/<arch>.json`` and
+``<metrics>/<arch>.crossfit.json``. One process does both so the pipeline pays the imports once
+per architecture (tens of seconds on a small CPU).
+
+An interrupted training resumes from its ``last.ckpt`` in ``segmenters.work``, in a folder named
+after a fingerprint of the architecture, its params, the dataset's DVC hash and the fold, so a run
+with other settings never resumes from it; the folders are removed when the stage succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+
+from seglab.config import CardiacParams, SegmenterNetsParams, SegmentersParams, TrainerParams
+from seglab.data.splits import SPLITS
+from seglab.data.store import SliceSet, load_split
+from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.io import atomic_file, write_json
+from seglab.metrics.anatomy import check_slices
+from seglab.metrics.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
+from seglab.metrics.overlap import overlap, summarize_overlap
+from seglab.models.segmenters import ARCHS, build_segmenter, parameter_count, weights_mb
+from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, tracked_run
+from seglab.tracking.models import log_and_register
+from seglab.tracking.registry import evaluation_tags
+from seglab.training.datamodule import TensorDataModule
+from seglab.training.fit import fit, predict
+from seglab.training.segmentation_module import SegmentationModule
+
+EXPERIMENT = "acdc-segmenters"
+DATASET = "acdc_prepared"
+CLASS_NAMES = dict(zip(STRUCTURE_LABELS, STRUCTURES, strict=True))
+MONITOR = "val_dice_mean"
+#: Test figures logged to every run, under the same keys for every architecture.
+TEST_KEYS = (
+    "dice_mean",
+    "dice_lv",
+    "dice_myo",
+    "dice_rv",
+    "hd95_mean",
+    "hd95_lv",
+    "hd95_myo",
+    "hd95_rv",
+    "anatomical_validity",
+)
+INSAMPLE = "insample"
+
+
+def registered_name(arch: str) -> str:
+    return f"acdc-segmenter-{arch}"
+
+
+def checkpoint_path(params: SegmentersParams, arch: str, root: Path) -> Path:
+    return Path(root) / params.models / f"{arch}.ckpt"
+
+
+def crossfit_path(params: SegmentersParams, arch: str, root: Path) -> Path:
+    return Path(root) / params.models / f"{arch}.crossfit.npz"
+
+
+def _check_arch(params: SegmentersParams, arch: str) -> None:
+    if arch not in ARCHS:
+        raise ConfigError(f"unknown segmenter architecture '{arch}' (known: {', '.join(ARCHS)})")
+    if arch not in params.archs:
+        raise ConfigError(f"'{arch}' is not in segmenters.archs ({', '.join(params.archs)})")
+
+
+def load_prepared(params: CardiacParams, root: Path) -> dict[str, SliceSet]:
+    """The prepared ACDC splits (train, val, test)."""
+    folder = Path(root) / params.acdc.prepared
+    return {split: load_split(folder / f"{split}.npz") for split in SPLITS}
+
+
+def _require(splits: dict[str, SliceSet], names: tuple[str, ...], folder: str) -> None:
+    for name in names:
+        if len(splits[name]) == 0:
+            raise SeglabError(
+                f"{folder}: the {name} split has no slices (too few patients per group to fill "
+                "every split; use more patients or change acdc.prepare.split)"
+            )
+
+
+def image_tensor(slices: SliceSet) -> torch.Tensor:
+    """``[N, 1, H, W]`` float32: the networks' input."""
+    return torch.from_numpy(np.ascontiguousarray(slices.image, dtype=np.float32)).unsqueeze(1)
+
+
+def _tensors(slices: SliceSet) -> tuple[torch.Tensor, torch.Tensor]:
+    return image_tensor(slices), torch.from_numpy(slices.label)
+
+
+def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
+    """An untrained segmenter of ``arch`` in the shared training module."""
+    net_params = getattr(params.nets, arch)
+    return SegmentationModule(
+        build_segmenter(arch, params.nets),
+        NUM_LABELS,
+        lr=params.train.lr,
+        loss=params.train.loss,
+        class_names=CLASS_NAMES,
+        monitor=MONITOR,
+        augment=params.train.augment,
+        hparams={"arch": arch, "net_params": net_params.model_dump(mode="json")},
+    )
+
+
+def load_segmenter(path: Path) -> SegmentationModule:
+    """A trained segmenter from a checkpoint written by :func:`train_segmenter`.
+
+    The architecture and its sizes are read from the checkpoint, not from the current params.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "segmenter checkpoint not found (run `dvc repro` to train it)")
+    try:
+        hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+        arch = hparams["arch"]
+        nets = SegmenterNetsParams.model_validate({arch: hparams["net_params"]})
+        return SegmentationModule.load_from_checkpoint(
+            path,
+            net=build_segmenter(arch, nets),
+            map_location="cpu",
+            hparams={"arch": arch, "net_params": hparams["net_params"]},
+        )
+    except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise DataError(path, f"not a readable segmenter checkpoint ({exc})") from exc
+
+
+def predict_labels(
+    module: SegmentationModule, slices: SliceSet, trainer: TrainerParams
+) -> np.ndarray:
+    """uint8 [N, H, W] predicted label maps of every slice (argmax of the logits)."""
+    if len(slices) == 0:
+        return np.zeros(slices.label.shape, dtype=np.uint8)
+    batch = max(64, trainer.batch_size)
+    return predict(module, image_tensor(slices), trainer, batch).numpy().astype(np.uint8)
+
+
+def evaluate(pred: np.ndarray, slices: SliceSet) -> dict[str, Any]:
+    """Dice, HD95 (mm, at each slice's spacing) and anatomical validity of predictions.
+
+    The :data:`TEST_KEYS` figures come first; the rest of the overlap summary (absent-structure
+    case counts) follows for the metrics file.
+    """
+    summary = summarize_overlap(overlap(pred, slices.label, slices.spacing))
+    validity = check_slices(pred, slices.spacing).summary()["anatomical_validity"]
+    figures = {**summary, "anatomical_validity": validity}
+    return {key: figures[key] for key in TEST_KEYS} | {
+        key: value for key, value in figures.items() if key not in TEST_KEYS
+    }
+
+
+def patient_folds(meta: pd.DataFrame, folds: int, seed: int) -> dict[str, int]:
+    """Fold (0..K-1) of every patient in ``meta``: stratified by group, seeded.
+
+    Within each group the patients are shuffled and dealt out in turn, continuing from where the
+    previous group stopped, so folds differ in size by at most one patient.
+    """
+    groups = meta.drop_duplicates("patient").set_index("patient")["group"].sort_index()
+    if len(groups) < folds:
+        raise ConfigError(
+            f"acdcseg.folds is {folds} but the train split has only {len(groups)} patients"
+        )
+    rng = np.random.default_rng(seed)
+    out: dict[str, int] = {}
+    for group in sorted(set(groups)):
+        ids = sorted(groups.index[groups == group])
+        rng.shuffle(ids)
+        for pid in ids:
+            out[pid] = len(out) % folds
+    return out
+
+
+def _fingerprint(params: SegmentersParams, arch: str, data_md5: str, role: str) -> str:
+    """What a resumable training depends on: resuming with anything else would mix runs."""
+    payload = {
+        "arch": arch,
+        "net": getattr(params.nets, arch).model_dump(mode="json"),
+        "train": params.train.model_dump(mode="json"),
+        "data": data_md5,
+        "role": role,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _run_params(params: CardiacParams, arch: str) -> dict[str, Any]:
+    return {
+        "arch": arch,
+        "profile": params.profile,
+        "net": getattr(params.segmenters.nets, arch),
+        "train": params.segmenters.train,
+        "prepare": params.acdc.prepare,
+    }
+
+
+def _train(
+    module: SegmentationModule,
+    splits: dict[str, SliceSet],
+    params: SegmentersParams,
+    work: Path,
+    run_id: str,
+    tracking_uri: str,
+) -> tuple[SegmentationModule, float, int]:
+    """Fit on ``splits`` train/val; the best epoch's module, training seconds, epochs done."""
+    trainer = params.train.trainer
+    data = TensorDataModule(
+        {name: _tensors(splits[name]) for name in ("train", "val")},
+        batch_size=trainer.batch_size,
+        seed=trainer.seed,
+    )
+    result = fit(
+        module,
+        data,
+        trainer,
+        work,
+        monitor=MONITOR,
+        mode="max",
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        log_every_n_steps=1,  # the module logs per epoch only; this just silences the warning
+    )
+    return load_segmenter(result.best_path), result.train_seconds, result.epochs
+
+
+def _save_checkpoint(best: Path, target: Path) -> None:
+    """The best epoch without optimiser and loop state: what inference and registration need."""
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    keep = ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step")
+    with atomic_file(target) as tmp:
+        torch.save({k: checkpoint[k] for k in keep if k in checkpoint}, tmp)
+
+
+def sample_figure(slices: SliceSet, pred: np.ndarray, rows: int = 4) -> Figure:
+    """Image, ground truth and prediction of a few slices spread over the split."""
+    has_heart = np.flatnonzero(slices.label.reshape(len(slices), -1).any(axis=1))
+    pool = has_heart if len(has_heart) else np.arange(len(slices))
+    picks = pool[np.linspace(0, len(pool) - 1, min(rows, len(pool))).round().astype(int)]
+    colours = ListedColormap(["none", "tab:blue", "tab:green", "tab:red"])
+    fig = Figure(figsize=(7.5, 2.5 * len(picks)), layout="constrained")
+    axes = fig.subplots(len(picks), 3, squeeze=False)
+    for row, i in zip(axes, picks, strict=True):
+        meta = slices.meta.iloc[i]
+        for ax, (title, mask) in zip(
+            row,
+            (("image", None), ("ground truth", slices.label[i]), ("prediction", pred[i])),
+            strict=True,
+        ):
+            ax.imshow(slices.image[i], cmap="gray")
+            if mask is not None:
+                ax.imshow(mask, cmap=colours, vmin=0, vmax=3, alpha=0.5, interpolation="nearest")
+            ax.set_title(
+                f"{meta['patient']} {meta['phase']} z{meta['slice_index']}: {title}", fontsize=8
+            )
+            ax.axis("off")
+    return fig
+
+
+def train_segmenter(
+    params: CardiacParams, arch: str, *, root: Path = Path("."), params_file: Path | None = None
+) -> dict[str, Any]:
+    """Cross-predict the training patients, then train, test, log and register the final model.
+
+    Returns the final model's test figures and, under ``crossfit``, the out-of-fold figures.
+    """
+    seg = params.segmenters
+    _check_arch(seg, arch)
+    root = Path(root)
+    splits = load_prepared(params, root)
+    _require(splits, SPLITS, params.acdc.prepared)
+    uri = configure(params.tracking, root)
+    data_md5 = str(dvc_hash(Path(params.acdc.prepared), root))
+    work_dirs: list[Path] = []
+
+    def work(role: str) -> Path:
+        path = root / seg.work / f"{arch}-{role}-{_fingerprint(seg, arch, data_md5, role)}"
+        work_dirs.append(path)
+        return path
+
+    run_args: dict[str, Any] = {
+        "root": root,
+        "datasets": {DATASET: Path(params.acdc.prepared)},
+        "params_file": params_file,
+    }
+    folds = params.acdcseg.folds
+    crossfit = _crossfit(params, arch, splits, work, uri, run_args) if folds > 1 else None
+    with tracked_run(
+        params.tracking,
+        EXPERIMENT,
+        arch,
+        params=_run_params(params, arch),
+        tags={"arch": arch, "role": "final"},
+        **run_args,
+    ) as run:
+        run_id = run.info.run_id
+        final = work("final")
+        best, seconds, epochs = _train(new_module(arch, seg), splits, seg, final, run_id, uri)
+        test = splits["test"]
+        pred = predict_labels(best, test, seg.train.trainer)
+        figures = evaluate(pred, test)
+        sizes = {
+            "train_seconds": seconds,
+            "params_count": parameter_count(best.net),
+            "model_mb": weights_mb(best.net),
+        }
+        log_metrics({**{k: figures[k] for k in TEST_KEYS}, **sizes})
+        log_figure(sample_figure(test, pred), "plots/test_predictions.png")
+        version = log_and_register(
+            best.net,
+            registered_name(arch),
+            image_tensor(test)[:2].numpy(),
+            tags={**evaluation_tags("test", data_md5), "arch": arch},
+        )
+        metrics = {**figures, **sizes, "epochs": epochs}
+        _save_checkpoint(final / "best.ckpt", checkpoint_path(seg, arch, root))
+        write_json(
+            root / seg.metrics / f"{arch}.json",
+            {
+                "arch": arch,
+                **metrics,
+                "run_id": run_id,
+                "registered_model": registered_name(arch),
+                "model_version": str(version.version),
+            },
+        )
+        summary = _save_crossfit(seg, arch, root, splits["train"], crossfit, folds)
+    for path in work_dirs:
+        shutil.rmtree(path, ignore_errors=True)
+    return {**metrics, "crossfit": summary}
+
+
+def _crossfit(
+    params: CardiacParams,
+    arch: str,
+    splits: dict[str, SliceSet],
+    work: Callable[[str], Path],
+    uri: str,
+    run_args: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """K models, each trained without one fold of the training patients, predict that fold.
+
+    One MLflow run ``<arch>-crossfit`` (out-of-fold figures) with a child run per fold.
+    Returns the out-of-fold predictions, the fold of each training slice and the figures.
+    """
+    seg, folds, seed = params.segmenters, params.acdcseg.folds, params.acdcseg.seed
+    train = splits["train"]
+    assignment = patient_folds(train.meta, folds, seed)
+    fold = train.meta["patient"].map(assignment).to_numpy().astype(np.int16)
+    pred = np.zeros_like(train.label)
+    seconds = 0.0
+    with tracked_run(
+        params.tracking,
+        EXPERIMENT,
+        f"{arch}-crossfit",
+        params={**_run_params(params, arch), "folds": folds, "fold_seed": seed},
+        tags={"arch": arch, "role": "crossfit"},
+        **run_args,
+    ):
+        for k in range(folds):
+            held = fold == k
+            part = {"train": _subset(train, ~held), "val": splits["val"]}
+            with tracked_run(
+                params.tracking,
+                EXPERIMENT,
+                f"{arch}-fold{k}",
+                tags={"arch": arch, "role": "crossfit-fold", "fold": str(k)},
+                nested=True,
+                **run_args,
+            ) as run:
+                directory = work(f"fold{k}of{folds}-seed{seed}")
+                best, fold_seconds, _ = _train(
+                    new_module(arch, seg), part, seg, directory, run.info.run_id, uri
+                )
+                pred[held] = predict_labels(best, _subset(train, held), seg.train.trainer)
+                log_metrics({"train_seconds": fold_seconds})
+            seconds += fold_seconds
+        figures = evaluate(pred, train)
+        log_metrics({**{k: figures[k] for k in TEST_KEYS}, "train_seconds": seconds})
+    return pred, fold, {"method": f"crossfit-{folds}", **figures, "train_seconds": seconds}
+
+
+def _save_crossfit(
+    seg: SegmentersParams,
+    arch: str,
+    root: Path,
+    train: SliceSet,
+    crossfit: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None,
+    folds: int,
+) -> dict[str, Any]:
+    """Write ``<arch>.crossfit.npz`` and its figures; with one fold, only the in-sample mark."""
+    arrays: dict[str, np.ndarray] = {"method": np.array(INSAMPLE)}
+    summary: dict[str, Any] = {"method": INSAMPLE}
+    if crossfit is not None:
+        pred, fold, summary = crossfit
+        arrays = {
+            "method": np.array(f"crossfit-{folds}"),
+            "pred": pred,
+            "fold": fold,
+            "patient": train.meta["patient"].to_numpy().astype(str),
+            "frame": train.meta["frame"].to_numpy(),
+            "slice_index": train.meta["slice_index"].to_numpy(),
+        }
+    with atomic_file(crossfit_path(seg, arch, root)) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, **arrays)
+    write_json(root / seg.metrics / f"{arch}.crossfit.json", {"arch": arch, **summary})
+    return summary
+
+
+def _subset(slices: SliceSet, rows: np.ndarray) -> SliceSet:
+    return SliceSet(
+        image=slices.image[rows],
+        label=slices.label[rows],
+        meta=slices.meta[rows].reset_index(drop=True),
+        extra={k: v[rows] for k, v in slices.extra.items()},
+    )
+
+
+def load_crossfit(path: Path, train: SliceSet) -> tuple[np.ndarray, np.ndarray] | None:
+    """Out-of-fold ``(pred, fold)`` for the prepared train split, or None for in-sample."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "cross-prediction file not found (run `dvc repro`)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(path, f"not a readable cross-prediction file ({exc})") from exc
+    if str(data.get("method")) == INSAMPLE:
+        return None
+    meta = train.meta
+    same = (
+        "pred" in data
+        and data["pred"].shape == train.label.shape
+        and np.array_equal(data["patient"], meta["patient"].to_numpy().astype(str))
+        and np.array_equal(data["frame"], meta["frame"].to_numpy())
+        and np.array_equal(data["slice_index"], meta["slice_index"].to_numpy())
+    )
+    if not same:
+        raise DataError(path, "does not match the prepared train split (stale: run `dvc repro`)")
+    return data["pred"], data["fold"]

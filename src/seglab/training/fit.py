@@ -1,0 +1,156 @@
+"""The fit/predict runner every training stage shares: one place that turns ``TrainerParams``
+into a Lightning ``Trainer``, keeps the best and last checkpoints, resumes, and logs to MLflow.
+
+- Precision ``auto`` is bf16 mixed precision on a CUDA GPU that supports it (fp16 otherwise) and
+  fp32 on a CPU, so the same params run anywhere; ``accelerator``/``devices`` go to Lightning.
+- Checkpoints: ``best.ckpt`` (by the monitored metric) and ``last.ckpt`` in ``checkpoint_dir``;
+  when ``last.ckpt`` is already there, training resumes from it (an interrupted stage continues
+  instead of starting over). The caller decides which folder may be resumed from.
+- Logging: metrics go to an MLflow run the caller opened (``run_id``, passed explicitly); the
+  run belongs to the caller, so Lightning never ends it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import Logger, MLFlowLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from seglab.config import TrainerParams
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a finished ``fit`` left behind."""
+
+    best_path: Path  # checkpoint with the best monitored value
+    best_score: float | None
+    last_path: Path
+    epochs: int  # epochs completed, counting those before a resume
+    train_seconds: float  # wall time of this call's training (not of earlier, resumed runs)
+    resumed_from: Path | None
+
+
+class RunLogger(MLFlowLogger):
+    """Lightning's MLflow logger, writing into an existing run that it does not own."""
+
+    def finalize(self, status: str) -> None:
+        """Leave the run open: its owner (``seglab.tracking.tracked_run``) ends it."""
+
+
+def resolve_precision(params: TrainerParams) -> str:
+    """``params.precision``, with ``auto`` made concrete for the device this process will use."""
+    if params.precision != "auto":
+        return params.precision
+    if params.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def make_trainer(
+    params: TrainerParams,
+    *,
+    callbacks: Sequence[Callback] = (),
+    logger: Logger | bool = False,
+    root_dir: Path | None = None,
+    devices: int | str | None = None,
+    log_every_n_steps: int = 50,
+    progress_bar: bool = True,
+) -> L.Trainer:
+    """A Trainer with the params' accelerator, devices and precision (``devices`` overrides)."""
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls for the fp32 parts
+    return L.Trainer(
+        max_epochs=params.max_epochs,
+        limit_train_batches=params.limit_train_batches,
+        accelerator=params.accelerator,
+        devices=params.devices if devices is None else devices,
+        precision=resolve_precision(params),  # type: ignore[arg-type]
+        callbacks=list(callbacks),
+        logger=logger,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        default_root_dir=root_dir,
+        log_every_n_steps=log_every_n_steps,
+        enable_progress_bar=progress_bar,
+        # No validation dry run before training: on a CPU it costs as much as a few training
+        # steps, and a broken validation step still fails at the end of the first epoch.
+        num_sanity_val_steps=0,
+    )
+
+
+def fit(
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    params: TrainerParams,
+    checkpoint_dir: Path,
+    *,
+    monitor: str,
+    mode: Literal["min", "max"] = "max",
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+    log_every_n_steps: int = 50,
+) -> FitResult:
+    """Train ``module``, keeping ``best.ckpt``/``last.ckpt`` in ``checkpoint_dir``.
+
+    With ``run_id`` (and the store's ``tracking_uri``), Lightning logs every metric into that
+    MLflow run. Early stopping on ``monitor`` when ``params.early_stopping_patience`` is set.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(params.seed, workers=True, verbose=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    callbacks: list[Callback] = [checkpoint]
+    if params.early_stopping_patience is not None:
+        callbacks.append(
+            EarlyStopping(monitor=monitor, mode=mode, patience=params.early_stopping_patience)
+        )
+    logger: Logger | bool = False
+    if run_id is not None:
+        logger = RunLogger(run_id=run_id, tracking_uri=tracking_uri, log_model=False)
+    trainer = make_trainer(
+        params,
+        callbacks=callbacks,
+        logger=logger,
+        root_dir=checkpoint_dir,
+        log_every_n_steps=log_every_n_steps,
+    )
+    last = checkpoint_dir / "last.ckpt"
+    resumed_from = last if last.is_file() else None
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from)
+    seconds = time.perf_counter() - start
+    score = checkpoint.best_model_score
+    return FitResult(
+        best_path=Path(checkpoint.best_model_path),
+        best_score=float(score) if score is not None else None,
+        last_path=last,
+        epochs=trainer.current_epoch,
+        train_seconds=seconds,
+        resumed_from=resumed_from,
+    )
+
+
+def predict(
+    module: L.LightningModule, images: torch.Tensor, params: TrainerParams, batch_size: int
+) -> torch.Tensor:
+    """``module.predict_step`` over ``images`` in batches on one device, concatenated on the CPU."""
+    trainer = make_trainer(params, devices=1, progress_bar=False)
+    loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=False)
+    parts = trainer.predict(module, dataloaders=loader)
+    return torch.cat([p.cpu() for p in parts])

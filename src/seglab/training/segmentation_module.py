@@ -1,0 +1,178 @@
+"""One Lightning module for every segmentation network of the project (ACDC and LGG studies).
+
+The network is an argument, so the same loop trains MONAI's UNet family for the 4-class cardiac
+masks and segmentation-models-pytorch networks for the binary brain masks:
+
+- ``num_classes > 1``: softmax over the classes, labels ``[B, H, W]`` (0 = background);
+- ``num_classes == 1``: a sigmoid foreground map, labels ``[B, H, W]`` or ``[B, 1, H, W]``
+  in {0, 1}.
+
+Batches are ``(image [B, C, H, W], label)``. Loss: MONAI's Dice + cross-entropy (binary
+cross-entropy in sigmoid mode), or either term alone; Adam at ``lr``. Logged per epoch:
+``train_loss``, ``val_loss``, ``val_accuracy`` (pixels) and, per foreground class, ``val_dice_<c>``
+and ``val_iou_<c>`` with ``val_dice_mean``/``val_iou_mean`` the mean of the class means
+(in sigmoid mode ``val_dice`` and ``val_iou``). A class absent from both the ground truth and the
+prediction of a slice is left out of that class's mean; a false positive counts as 0, as in
+:mod:`seglab.metrics.overlap`. Checkpointing and early stopping watch :attr:`monitor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from monai.losses import DiceCELoss
+from monai.metrics import compute_dice, compute_iou
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from seglab.config import AugmentParams
+from seglab.training.augment import BatchAugment
+
+LossName = Literal["dice_ce", "dice", "ce"]
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains ``net`` (logits ``[B, num_classes, H, W]``) with optional on-device augmentation.
+
+    ``class_names`` maps foreground label ids to metric names (``{3: "lv", 2: "myo", 1: "rv"}``);
+    by default the ids themselves. ``hparams`` is stored in the checkpoint beside the module's own
+    settings (e.g. the architecture and its sizes, to rebuild ``net``). Load a checkpoint with
+    ``SegmentationModule.load_from_checkpoint(path, net=<same architecture>)``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        *,
+        lr: float = 1e-3,
+        loss: LossName = "dice_ce",
+        class_names: Mapping[int, str] | None = None,
+        monitor: str | None = None,
+        augment: AugmentParams | Mapping[str, Any] | None = None,
+        hparams: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.net = net
+        self.num_classes = num_classes
+        self.lr = lr
+        foreground = [1] if num_classes == 1 else list(range(1, num_classes))
+        names = dict(class_names or {})
+        self.class_ids = foreground
+        self.class_names = [str(names.get(i, i)) for i in foreground]
+        self.monitor = monitor or ("val_iou" if num_classes == 1 else "val_dice_mean")
+        augment_params = (
+            AugmentParams.model_validate(augment) if isinstance(augment, Mapping) else augment
+        )
+        self.augment = BatchAugment(augment_params) if augment_params is not None else None
+        # Plain types only: checkpoints are read back with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            {
+                "num_classes": num_classes,
+                "lr": lr,
+                "loss": loss,
+                "class_names": {i: n for i, n in zip(foreground, self.class_names, strict=True)},
+                "monitor": self.monitor,
+                "augment": augment_params.model_dump() if augment_params else None,
+                **dict(hparams or {}),
+            },
+            logger=False,
+        )
+        lambda_dice = 0.0 if loss == "ce" else 1.0
+        lambda_ce = 0.0 if loss == "dice" else 1.0
+        self.loss = DiceCELoss(
+            to_onehot_y=num_classes > 1,
+            softmax=num_classes > 1,
+            sigmoid=num_classes == 1,
+            lambda_dice=lambda_dice,
+            lambda_ce=lambda_ce,
+        )
+        self._sums: dict[str, Tensor] = {}
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.net(image)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment training batches on the device they were moved to (never val/test/predict)."""
+        if self.augment is not None and self.trainer.training:
+            image, label = batch
+            return self.augment(image, label)
+        return batch
+
+    def _target(self, label: Tensor) -> Tensor:
+        """``[B, 1, H, W]`` float labels, as MONAI's losses take them."""
+        target = label.unsqueeze(1) if label.ndim == 3 else label
+        return target.float()
+
+    def labels(self, logits: Tensor) -> Tensor:
+        """Predicted label map ``[B, H, W]`` (uint8): argmax, or sigmoid > 0.5 in binary mode."""
+        if self.num_classes == 1:
+            return (logits[:, 0] > 0).to(torch.uint8)
+        return logits.argmax(dim=1).to(torch.uint8)
+
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+        image, label = batch
+        loss = self.loss(self(image).float(), self._target(label))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(image))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums = {}
+
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        image, label = batch
+        logits = self(image).float()
+        self.log("val_loss", self.loss(logits, self._target(label)), batch_size=len(image))
+        target = label[:, 0] if label.ndim == 4 else label
+        dice, iou, accuracy = self.scores(self.labels(logits), target)
+        for key, values in (("dice", dice), ("iou", iou)):
+            defined = ~values.isnan()
+            self._add(f"{key}_sum", torch.where(defined, values, 0.0).sum(dim=0))
+            self._add(f"{key}_count", defined.sum(dim=0).float())
+        self._add("accuracy_sum", accuracy.sum())
+        self._add("slices", torch.tensor(float(len(image)), device=self.device))
+
+    def _add(self, key: str, value: Tensor) -> None:
+        self._sums[key] = self._sums[key] + value if key in self._sums else value
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._sums:
+            return
+        sums = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._sums.items()}
+        metrics: dict[str, Tensor] = {"val_accuracy": sums["accuracy_sum"] / sums["slices"]}
+        for key in ("dice", "iou"):
+            per_class = sums[f"{key}_sum"] / sums[f"{key}_count"]  # NaN: never present
+            if self.num_classes == 1:
+                metrics[f"val_{key}"] = per_class[0]
+                continue
+            for name, value in zip(self.class_names, per_class, strict=True):
+                metrics[f"val_{key}_{name}"] = value
+            metrics[f"val_{key}_mean"] = per_class.nanmean()
+        self.log_dict(metrics)
+
+    def scores(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per slice: Dice and IoU ``[B, classes]`` (NaN where a class is absent from both) and
+        pixel accuracy ``[B]``, from label maps ``[B, H, W]``."""
+        pred, target = pred.long(), target.long()
+        accuracy = (pred == target).flatten(1).float().mean(dim=1)
+        count = max(2, self.num_classes)
+        pred_hot = F.one_hot(pred, count).permute(0, 3, 1, 2)[:, self.class_ids].float()
+        target_hot = F.one_hot(target, count).permute(0, 3, 1, 2)[:, self.class_ids].float()
+        absent = (pred_hot.flatten(2).amax(dim=2) == 0) & (target_hot.flatten(2).amax(dim=2) == 0)
+        dice = compute_dice(pred_hot, target_hot, include_background=True, ignore_empty=False)
+        iou = compute_iou(pred_hot, target_hot, include_background=True, ignore_empty=False)
+        nan = torch.tensor(float("nan"), device=pred.device)
+        return torch.where(absent, nan, dice), torch.where(absent, nan, iou), accuracy
+
+    def predict_step(self, batch: Sequence[Tensor] | Tensor, batch_idx: int) -> Tensor:
+        """Label maps ``[B, H, W]`` (uint8) of a batch of images (or ``(image, ...)`` tuples)."""
+        image = batch if isinstance(batch, Tensor) else batch[0]
+        return self.labels(self(image))

@@ -1,0 +1,162 @@
+"""NVAE evaluation: reconstruction/sample figures on a tiny model, and the report figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch.nn import functional as F
+
+from seglab.config import NvaeParams
+from seglab.evaluation.nvae_report import (
+    KEYS,
+    evaluate_nvae,
+    generate,
+    input_labels,
+    reconstruct,
+    reconstruction_figure,
+    samples_figure,
+)
+from seglab.metrics.anatomy import check_slices
+from seglab.metrics.labels import LV, MYO, RV
+from seglab.models.nvae import Nvae
+from seglab.training.nvae_module import NvaeModule
+
+SIZE = 32
+SPACING = (1.5, 1.5)
+
+
+def hearts(n: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
+    """uint8 [n, size, size] label maps: LV disc in a MYO ring, an RV crescent beside it."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(float)
+    out = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        cy, cx = size / 2 + rng.uniform(-2, 2, 2)
+        r = size * rng.uniform(0.12, 0.18)
+        d = np.hypot(yy - cy, xx - cx)
+        rv = (np.hypot(yy - cy, xx - (cx - 1.6 * r)) < 1.6 * r) & (d >= 1.5 * r)
+        out[i][rv] = RV
+        out[i][d < 1.5 * r] = MYO
+        out[i][d < r] = LV
+    return out
+
+
+def onehot(labels: np.ndarray) -> torch.Tensor:
+    return F.one_hot(torch.from_numpy(labels).long(), 4).permute(0, 3, 1, 2).float()
+
+
+def tiny_params() -> NvaeParams:
+    return NvaeParams(
+        stem_channels=2,
+        preprocess_blocks=1,
+        groups_per_scale=(1, 1),
+        latent_channels=2,
+        beta=(1.0, 1.0),
+    )
+
+
+def tiny() -> Nvae:
+    torch.manual_seed(0)
+    return Nvae(tiny_params(), SIZE)
+
+
+def test_hearts_are_anatomically_valid() -> None:
+    """The fixture itself: what the validity figures below are compared with."""
+    assert check_slices(hearts(8), SPACING).valid.all()
+
+
+def test_evaluate_keys_ranges_and_determinism() -> None:
+    labels = hearts(6)
+    x = onehot(labels)
+    model = tiny()
+    model.train()
+    figures = evaluate_nvae(model, x, x, SPACING, samples=5, seed=3, batch_size=4)
+    assert list(figures)[: len(KEYS)] == list(KEYS)
+    for key in ("dice_mean", "dice_lv", "dice_myo", "dice_rv", "anatomical_validity"):
+        assert 0.0 <= figures[key] <= 1.0, key
+    assert figures["target_validity"] == 1.0
+    assert 0.0 <= figures["sample_validity"] <= 1.0 and figures["samples"] == 5
+    assert figures["slices"] == 6
+    assert model.training  # the caller's mode is restored
+    again = evaluate_nvae(model, x, torch.from_numpy(labels), SPACING, samples=5, seed=3)
+    assert again == pytest.approx(figures, nan_ok=True)  # labels or one-hot, any batch size
+
+
+def test_empty_samples_are_not_valid_hearts() -> None:
+    """A collapsed model decoding everything to background: every empty mask passes the
+    criteria, but generating no heart must not score as generating valid ones."""
+    model = tiny()
+    with torch.no_grad():
+        model.head[-1].bias.copy_(torch.tensor([1e3, 0.0, 0.0, 0.0]))
+    x = onehot(hearts(4))
+    figures = evaluate_nvae(model, x, x, SPACING, samples=6)
+    assert figures["samples_empty"] == 6 and figures["sample_validity"] == 0.0
+    assert figures["anatomical_validity"] == 1.0 and figures["dice_mean"] == 0.0
+    fig = samples_figure(generate(model, 2), SPACING, columns=2, count=2)
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["empty", "empty"]
+
+
+def test_evaluate_without_samples_and_module_input() -> None:
+    x = onehot(hearts(3))
+    module = NvaeModule(tiny_params(), SIZE)
+    figures = evaluate_nvae(module, x, x, np.full((3, 2), 1.5))
+    assert "sample_validity" not in figures and "samples" not in figures
+    with pytest.raises(ValueError, match="no slices"):
+        evaluate_nvae(module, x[:0], x[:0], SPACING)
+
+
+def test_reconstruct_is_the_posterior_mean() -> None:
+    x = onehot(hearts(5))
+    model = tiny().eval()
+    labels = reconstruct(model, x, batch_size=2)
+    assert labels.shape == (5, SIZE, SIZE) and labels.dtype == np.uint8
+    expected = model(x, sample=False).logits.argmax(1).numpy()
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_generate_is_seeded_and_leaves_the_global_rng() -> None:
+    model = tiny()
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = generate(model, 5, seed=1, batch_size=2)
+    after = torch.rand(1)
+    assert torch.equal(before, after)
+    assert a.shape == (5, SIZE, SIZE) and a.dtype == np.uint8
+    assert np.array_equal(a, generate(model, 5, seed=1, batch_size=2))
+    assert not np.array_equal(a, generate(model, 5, seed=2, batch_size=2))
+
+
+def test_input_labels_takes_the_current_slice_of_a_trigram() -> None:
+    prev, cur, nxt = hearts(2, seed=1), hearts(2, seed=2), hearts(2, seed=3)
+    trigram = torch.cat([onehot(prev), onehot(cur), onehot(nxt)], dim=1)
+    np.testing.assert_array_equal(input_labels(trigram), cur)
+    np.testing.assert_array_equal(input_labels(onehot(cur)), cur)
+    with pytest.raises(ValueError, match="4k"):
+        input_labels(torch.zeros(1, 5, SIZE, SIZE))
+
+
+def test_reconstruction_figure_rows_columns_and_dice_titles() -> None:
+    labels = hearts(10)
+    recon = labels.copy()
+    recon[:, :, : SIZE // 2] = 0  # half the heart missing: Dice well below 1
+    fig = reconstruction_figure(labels, recon, captions=[f"s{i}" for i in range(10)], rows=3)
+    assert isinstance(fig, Figure)
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert len(axes) == 6  # input | reconstruction, 3 rows
+    titles = [ax.get_title() for ax in axes]
+    assert titles[0].startswith("s0: input") and "Dice" in titles[1]
+    assert float(titles[1].split("Dice ")[1]) < 0.9
+    with_target = reconstruction_figure(labels, recon, targets=labels, rows=2)
+    assert sum(bool(ax.get_title()) for ax in with_target.axes) == 6  # input | target | recon
+
+
+def test_samples_figure_names_the_failed_criterion() -> None:
+    samples = hearts(3)
+    samples[1, 2:4, 2:4] = LV  # a second LV component far from the heart
+    fig = samples_figure(samples, SPACING, columns=2, count=3)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[0] == "valid" and titles[2] == "valid"
+    assert titles[1].startswith("disconnectivity_in_lv")

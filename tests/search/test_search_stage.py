@@ -1,0 +1,206 @@
+"""`seglab search nvae` end to end on generated prepared slices: nested MLflow runs, the best
+settings file, figures, registration as challenger, resume, and diverging trials."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from seglab.cli import main
+from seglab.config import CardiacParams, NvaeParams, apply_profile, load_params
+from seglab.data.store import SliceSet, save_split
+from seglab.metrics.labels import LV, MYO, RV
+from seglab.models.nvae import KLDivergenceError
+from seglab.search.storage import open_storage
+from seglab.stages import nvae as nvae_stage
+
+SIZE = 64
+
+
+def hearts(n: int, seed: int) -> SliceSet:
+    """``n`` ED slices of two patients: an LV disc in a MYO ring with an RV crescent beside it."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE].astype(float)
+    label = np.zeros((n, SIZE, SIZE), np.uint8)
+    for i in range(n):
+        cy, cx = SIZE / 2 + rng.uniform(-3, 3, 2)
+        r = SIZE * rng.uniform(0.12, 0.18)
+        d = np.hypot(yy - cy, xx - cx)
+        label[i][(np.hypot(yy - cy, xx - (cx - 1.6 * r)) < 1.6 * r) & (d >= 1.5 * r)] = RV
+        label[i][d < 1.5 * r] = MYO
+        label[i][d < r] = LV
+    per = -(-n // 2)
+    meta = pd.DataFrame(
+        {
+            "patient": [f"patient{seed}{i // per}" for i in range(n)],
+            "group": "NOR",
+            "phase": "ED",
+            "frame": np.ones(n, np.int16),
+            "slice_index": np.array([i % per for i in range(n)], np.int16),
+            "slice_count": np.full(n, per, np.int16),
+            "spacing_x": np.full(n, 200.0 / SIZE, np.float32),
+            "spacing_y": np.full(n, 200.0 / SIZE, np.float32),
+            "thickness": np.full(n, 10.0, np.float32),
+        }
+    )
+    return SliceSet(image=label.astype(np.float32) / 3, label=label, meta=meta)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    for split, (n, seed) in {"train": (16, 0), "val": (8, 1), "test": (8, 2)}.items():
+        save_split(tmp_path / "prepared" / f"{split}.npz", hearts(n, seed))
+    trainer = {"max_epochs": 1, "batch_size": 8, "accelerator": "cpu", "devices": 1}
+    params = {
+        "acdc": {"prepared": "prepared", "prepare": {"size": SIZE}},
+        "tracking": {"uri": "sqlite:///mlflow.db", "artifacts": "mlartifacts"},
+        "nvae": {
+            "model": {"stem_channels": 2, "groups_per_scale": [1, 1, 1], "latent_channels": 4},
+            "trainer": trainer,
+            "log_every_n_steps": 1,
+            "samples": 8,
+        },
+        "search": {
+            "n_trials": 2,
+            "space": {"beta": {"low": 1, "high": 12}, "stem_channels": [2, 4]},
+            "enqueue": {"gt": [{"beta": [8, 10, 11], "stem_channels": 2}]},
+            "trainer": trainer,
+            "heartbeat_interval": 5,
+        },
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def summary_of(project: Path, name: str = "metrics/search/nvae.json") -> dict[str, Any]:
+    """The summary the stage wrote (stdout also carries MLflow's registration messages)."""
+    return json.loads((project / name).read_text())
+
+
+def runs_by_name(client: MlflowClient) -> dict[str, Any]:
+    experiment = client.get_experiment_by_name("acdc-nvae-search")
+    runs = client.search_runs([experiment.experiment_id])
+    return {r.info.run_name: r for r in runs}
+
+
+@pytest.mark.slow
+def test_search_logs_nested_runs_writes_the_best_and_registers_a_challenger(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(project)
+    assert main(["search", "nvae", "--params", "params.yaml"]) == 0
+    summary = summary_of(project)
+    name = summary["study"]
+    assert name.startswith("acdc-nvae-gt-") and summary["finished"] == 2
+    assert summary["states"] == {"COMPLETE": 2}
+    assert summary["best"]["settings"]["stem_channels"] in (2, 4)
+    assert summary["dashboard"] == "uv run optuna-dashboard sqlite:///optuna.db"
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = runs_by_name(client)
+    parent = runs[f"study-{name}"]
+    assert (
+        parent.info.status == "FINISHED" and summary["mlflow_parent_run_id"] == parent.info.run_id
+    )
+    for number in (0, 1):
+        trial = runs[f"trial-{number}"]
+        assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert trial.data.tags["optuna.trial"] == str(number)
+        assert trial.data.params["trial.stem_channels"] in ("2", "4")
+        assert 0.0 <= trial.data.metrics["dice_mean"] <= 1.0
+        assert "anatomical_validity" in trial.data.metrics
+        assert client.get_metric_history(trial.info.run_id, "val_dice_mean")  # per epoch
+        assert client.get_metric_history(trial.info.run_id, "train_loss")  # per step
+    assert runs["trial-0"].data.params["trial.beta_0"] == "8"  # the enqueued known best
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/optimization_history.png" in artifacts
+    assert sorted(p.name for p in (project / "plots/search").iterdir()) == sorted(
+        Path(a).name for a in artifacts
+    )
+
+    best = summary["best"]["number"]
+    registered = summary["registered"]
+    assert registered["trial"] == best and registered["alias"] == "challenger"
+    version = client.get_model_version_by_alias("acdc-nvae", "challenger")
+    assert str(version.version) == registered["version"]
+    assert version.tags["optuna.trial"] == str(best) and version.tags["eval.split"] == "test"
+    best_run = runs[f"best-trial-{best}"]
+    assert version.run_id == best_run.info.run_id
+    assert best_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert "dice_mean" in best_run.data.metrics and "sample_validity" in best_run.data.metrics
+
+    # The best settings are an overlay of params.yaml that the NVAE params accept.
+    overlay = yaml.safe_load((project / "search/best_nvae.yaml").read_text())
+    assert overlay["nvae"]["model"] == summary["best"]["settings"]
+    merged = apply_profile(
+        {**yaml.safe_load((project / "params.yaml").read_text()), "profile": "quick"}
+    )
+    merged["nvae"]["model"].update(overlay["nvae"]["model"])
+    assert CardiacParams.model_validate(merged).nvae.model.stem_channels in (2, 4)
+    kept = list((project / "data/work/search" / name).glob("trial-*"))
+    assert len(kept) == 1  # only the best trial's checkpoint folder stays
+
+    # Resumed: the budget is finished, nothing trains; the report is a child of the same parent
+    # and the same best is not registered twice.
+    assert main(["search", "nvae", "--params", "params.yaml"]) == 0
+    again = summary_of(project)
+    assert again["finished"] == 2 and again["registered"]["version"] == registered["version"]
+    runs = runs_by_name(client)
+    assert runs[f"session-{name}"].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert len(client.search_model_versions("name = 'acdc-nvae'")) == 1
+
+    # A bigger budget continues the same study under the same parent.
+    assert main(["search", "nvae", "--params", "params.yaml", "--n-trials", "3"]) == 0
+    assert summary_of(project)["finished"] == 3
+    assert runs_by_name(client)["trial-2"].data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
+@pytest.mark.slow
+def test_diverging_trials_are_pruned_and_the_search_still_reports(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def diverge(*args: object, **kwargs: object) -> None:
+        raise KLDivergenceError(5, {"loss": float("nan"), "kl_scale_0": float("inf")})
+
+    monkeypatch.setattr(nvae_stage, "train_nvae_model", diverge)
+    monkeypatch.chdir(project)
+    argv = ["search", "nvae", "--params", "params.yaml", "--storage", "s.journal"]
+    assert main([*argv, "--multi-objective", "--study-name", "blowup"]) == 0
+    summary = summary_of(project)
+    assert summary["states"] == {"PRUNED": 2} and summary["best"] is None
+    assert summary["registered"] is None and summary["pareto_front"] == []
+    assert all("diverged at step 5" in p["reason"] for p in summary["pruned"])
+
+    study = optuna.load_study(
+        study_name="blowup", storage=open_storage("s.journal", project, heartbeat_interval=5)
+    )
+    assert {t.user_attrs["stopped"] for t in study.trials} == {"diverged"}
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = runs_by_name(client)
+    for number in (0, 1):
+        run = runs[f"trial-{number}"]
+        assert run.info.status == "FAILED"
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"divergence.json", "trial.json"} <= names
+    overlay = yaml.safe_load((project / "search/best_nvae.yaml").read_text())
+    assert overlay == {"nvae": {"model": {}}}
+    assert NvaeParams.model_validate(overlay["nvae"]["model"]) == NvaeParams()
+
+
+def test_a_missing_dataset_is_one_line(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(project)
+    assert main(["search", "nvae", "--params", "params.yaml", "--target", "context"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("seglab: error: data/acdc3gram:") and "\n" not in err
+    params = load_params(project / "params.yaml", CardiacParams)
+    assert params.search.target == "gt"

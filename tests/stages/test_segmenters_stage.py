@@ -1,0 +1,251 @@
+"""The segmenter stage: folds, test figures, file checks, and one end-to-end run on a phantom
+(train -> test -> MLflow run with lineage -> registered model that loads -> DVC outputs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from seglab.config import (
+    AcdcDataParams,
+    AcdcPrepareParams,
+    AcdcSegParams,
+    AttentionUnetParams,
+    CardiacParams,
+    PhantomParams,
+    ResUNetParams,
+    SegmenterNetsParams,
+    SegmentersParams,
+    SegmenterTrainParams,
+    SplitParams,
+    SwinUnetrParams,
+    TrackingParams,
+    TrainerParams,
+    UNetParams,
+)
+from seglab.data.phantom.acdc import write_acdc_phantom
+from seglab.data.prepare_acdc import prepare_acdc
+from seglab.data.store import SliceSet, load_split, save_split
+from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.metrics.anatomy import check_slices
+from seglab.stages.segmenters import (
+    EXPERIMENT,
+    TEST_KEYS,
+    load_crossfit,
+    load_segmenter,
+    patient_folds,
+    registered_name,
+    train_segmenter,
+)
+
+
+def _meta(groups: dict[str, str]) -> pd.DataFrame:
+    return pd.DataFrame([{"patient": p, "group": g} for p, g in groups.items() for _ in range(3)])
+
+
+def test_folds_are_patient_level_stratified_balanced_and_seeded() -> None:
+    groups = {f"p{i:02d}": g for i, g in enumerate(["NOR", "MINF", "DCM", "HCM", "RV"] * 4)}
+    folds = patient_folds(_meta(groups), 3, seed=0)
+    assert set(folds) == set(groups) and set(folds.values()) == {0, 1, 2}
+    sizes = np.bincount(list(folds.values()))
+    assert sizes.max() - sizes.min() <= 1
+    for group in set(groups.values()):
+        per_group = np.bincount([folds[p] for p in groups if groups[p] == group], minlength=3)
+        assert per_group.max() - per_group.min() <= 1, group
+    assert patient_folds(_meta(groups), 3, seed=0) == folds
+    assert patient_folds(_meta(groups), 3, seed=1) != folds
+    with pytest.raises(ConfigError, match="acdcseg.folds is 30 but the train split has only 20"):
+        patient_folds(_meta(groups), 30, seed=0)
+
+
+def _slices(label: np.ndarray) -> SliceSet:
+    n = len(label)
+    meta = pd.DataFrame(
+        {"patient": ["p1"] * n, "frame": [1] * n, "slice_index": range(n),
+         "spacing_x": [1.5] * n, "spacing_y": [1.5] * n}
+    )  # fmt: skip
+    return SliceSet(image=np.zeros(label.shape, np.float32), label=label, meta=meta)
+
+
+def test_crossfit_file_must_match_the_prepared_train_split(tmp_path: Path) -> None:
+    label = np.zeros((3, 8, 8), np.uint8)
+    train = _slices(label)
+    path = tmp_path / "unet.crossfit.npz"
+    with pytest.raises(DataError, match="unet.crossfit.npz: cross-prediction file not found"):
+        load_crossfit(path, train)
+    arrays = {
+        "method": np.array("crossfit-2"),
+        "pred": label + 1,
+        "fold": np.array([0, 1, 1], np.int16),
+        "patient": np.array(["p1"] * 3),
+        "frame": np.array([1, 1, 1]),
+        "slice_index": np.array([0, 1, 2]),
+    }
+    np.savez(path, **arrays)
+    pred, fold = load_crossfit(path, train)  # type: ignore[misc]
+    assert (pred == 1).all() and fold.tolist() == [0, 1, 1]
+    np.savez(path, **{**arrays, "slice_index": np.array([0, 2, 1])})
+    with pytest.raises(DataError, match="does not match the prepared train split"):
+        load_crossfit(path, train)
+    np.savez(path, method=np.array("insample"))
+    assert load_crossfit(path, train) is None
+    path.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a readable cross-prediction file"):
+        load_crossfit(path, train)
+
+
+def test_bad_checkpoints_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="x.ckpt: segmenter checkpoint not found"):
+        load_segmenter(tmp_path / "x.ckpt")
+    (tmp_path / "x.ckpt").write_bytes(b"\x00garbage")
+    with pytest.raises(DataError, match="x.ckpt: not a readable segmenter checkpoint"):
+        load_segmenter(tmp_path / "x.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "x.ckpt")
+    with pytest.raises(DataError, match="not a readable segmenter checkpoint"):
+        load_segmenter(tmp_path / "x.ckpt")
+
+
+TINY = SegmenterNetsParams(
+    unet=UNetParams(channels=(4, 8, 16)),
+    resunet=ResUNetParams(channels=(4, 8, 16)),
+    attunet=AttentionUnetParams(channels=(4, 8, 16)),
+    swinunetr=SwinUnetrParams(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
+)
+
+
+def _params(root: Path, prepared: Path, folds: int = 2) -> CardiacParams:
+    return CardiacParams(
+        acdc=AcdcDataParams(raw=str(root / "raw"), prepared=str(prepared)),
+        tracking=TrackingParams(uri="sqlite:///mlflow.db", artifacts="mlartifacts"),
+        segmenters=SegmentersParams(
+            archs=("unet",),
+            nets=TINY,
+            train=SegmenterTrainParams(
+                trainer=TrainerParams(
+                    max_epochs=1, batch_size=8, accelerator="cpu", limit_train_batches=2
+                )
+            ),
+        ),
+        acdcseg=AcdcSegParams(folds=folds),
+    )
+
+
+def test_unknown_arch_and_empty_splits_are_refused(tmp_path: Path) -> None:
+    params = _params(tmp_path, tmp_path / "prepared")
+    with pytest.raises(ConfigError, match="unknown segmenter architecture 'vnet'"):
+        train_segmenter(params, "vnet", root=tmp_path)
+    with pytest.raises(ConfigError, match="'resunet' is not in segmenters.archs"):
+        train_segmenter(params, "resunet", root=tmp_path)
+    label = np.zeros((2, 8, 8), np.uint8)
+    full = _slices(label)
+    for split in ("train", "val"):
+        save_split(tmp_path / "prepared" / f"{split}.npz", full)
+    empty = SliceSet(np.zeros((0, 8, 8), np.float32), np.zeros((0, 8, 8), np.uint8), full.meta[:0])
+    save_split(tmp_path / "prepared" / "test.npz", empty)
+    with pytest.raises(SeglabError, match="prepared: the test split has no slices"):
+        train_segmenter(params, "unet", root=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CardiacParams, dict]:
+    """A 15-patient phantom (3 per group: every split gets patients), one tiny UNet trained."""
+    root = tmp_path_factory.mktemp("segmenter-stage")
+    write_acdc_phantom(root / "raw", patients=15, seed=3)
+    data = AcdcDataParams(
+        raw=str(root / "raw"),
+        prepared=str(root / "prepared"),
+        phantom=PhantomParams(patients=15),
+        prepare=AcdcPrepareParams(split=SplitParams(val=0.2, test=0.2)),
+    )
+    prepare_acdc(data)
+    params = _params(root, root / "prepared").model_copy(update={"acdc": data})
+    result = train_segmenter(params, "unet", root=root, params_file=None)
+    return root, params, result
+
+
+@pytest.mark.slow
+def test_end_to_end_run_registers_a_loadable_model_with_lineage(
+    trained: tuple[Path, CardiacParams, dict],
+) -> None:
+    root, params, result = trained
+    uri = f"sqlite:///{root / 'mlflow.db'}"  # tracking.uri, relative to the project root
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"unet", "unet-crossfit", "unet-fold0", "unet-fold1"}
+    run = runs["unet"]
+    assert run.info.status == "FINISHED"
+    for key in (*TEST_KEYS, "train_seconds", "params_count", "model_mb"):
+        assert key in run.data.metrics, key
+        assert run.data.metrics[key] == pytest.approx(result[key], nan_ok=True)
+    assert len(client.get_metric_history(run.info.run_id, "val_dice_mean")) == 1  # per epoch
+    assert "train_loss" in run.data.metrics
+    tags = run.data.tags
+    md5 = tags["data.acdc_prepared.dvc_md5"]
+    assert md5.endswith(".dir") and tags["arch"] == "unet" and "git.commit" in tags
+    assert run.data.params["arch"] == "unet" and run.data.params["net.channels"] == "(4, 8, 16)"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert "plots/test_predictions.png" in artifacts
+
+    version = client.get_model_version(registered_name("unet"), "1")
+    assert version.run_id == run.info.run_id
+    assert version.tags["eval.split"] == "test" and version.tags["eval.dataset_md5"] == md5
+    assert version.tags["run_id"] == run.info.run_id
+    assert version.tags["data.acdc_prepared.dvc_md5"] == md5
+    model = mlflow.pytorch.load_model("models:/acdc-segmenter-unet/1")
+    test = load_split(root / "prepared" / "test.npz")
+    x = torch.from_numpy(test.image[:3]).unsqueeze(1)
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (3, 4, 128, 128)
+    local = load_segmenter(root / "models/segmenters/unet.ckpt").eval()
+    with torch.no_grad():
+        assert torch.allclose(logits, local(x), atol=1e-4)
+
+    # The crossfit runs: a parent with the out-of-fold figures and a child per fold.
+    parent = runs["unet-crossfit"]
+    assert parent.data.tags["role"] == "crossfit" and "dice_mean" in parent.data.metrics
+    for k in (0, 1):
+        child = runs[f"unet-fold{k}"]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert "val_dice_mean" in child.data.metrics
+
+
+@pytest.mark.slow
+def test_end_to_end_outputs_are_what_dvc_declares(
+    trained: tuple[Path, CardiacParams, dict],
+) -> None:
+    root, params, result = trained
+    metrics = json.loads((root / "metrics/segmenters/unet.json").read_text())
+    assert metrics["registered_model"] == "acdc-segmenter-unet" and metrics["model_version"] == "1"
+    for key in (*TEST_KEYS, "train_seconds", "params_count", "model_mb", "epochs"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["dice_mean"] <= 1.0 and metrics["epochs"] == 1
+    test = load_split(root / "prepared" / "test.npz")
+    module = load_segmenter(root / "models/segmenters/unet.ckpt")
+    assert module.hparams["arch"] == "unet"
+    # The validity figure is the one seglab.metrics gives for these predictions.
+    with torch.no_grad():
+        pred = module(torch.from_numpy(test.image).unsqueeze(1)).argmax(dim=1).numpy()
+    validity = check_slices(pred.astype(np.uint8), test.spacing).summary()["anatomical_validity"]
+    assert metrics["anatomical_validity"] == pytest.approx(validity)
+
+    train = load_split(root / "prepared" / "train.npz")
+    crossfit = load_crossfit(root / "models/segmenters/unet.crossfit.npz", train)
+    assert crossfit is not None
+    pred, fold = crossfit
+    assert pred.shape == train.label.shape and set(np.unique(fold)) == {0, 1}
+    per_patient = pd.Series(fold).groupby(train.meta["patient"].to_numpy()).nunique()
+    assert (per_patient == 1).all()  # a patient's slices are all in one fold
+    summary = json.loads((root / "metrics/segmenters/unet.crossfit.json").read_text())
+    assert summary["method"] == "crossfit-2" and "dice_mean" in summary
+    assert result["crossfit"]["method"] == "crossfit-2"
+    assert not any((root / "data/work/segmenters").glob("*")), "work folders are removed"

@@ -1,0 +1,123 @@
+"""The MLproject: every entry point is a valid `seglab` command, and `mlflow run` leaves one run."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.projects import _project_spec
+
+from seglab.cli import build_parser
+from seglab.config import TrackingParams
+from seglab.tracking.registry import CHAMPION, PROMOTION_EXPERIMENT, evaluation_tags
+from seglab.tracking.runs import ensure_experiment, log_metrics, tracked_run
+
+ROOT = Path(__file__).resolve().parents[1]
+# Stand-in values for parameters without a default, by MLflow parameter type.
+EXAMPLES = {"string": "acdc-nvae", "float": "0.5", "int": "3", "path": "params.yaml"}
+
+
+def git(root: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=seglab", "-c", "user.email=seglab@example.org", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
+
+
+def test_every_entry_point_is_a_seglab_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # path parameters must exist, relative to where mlflow run starts
+    project = _project_spec.load_project(str(ROOT))
+    expected = {
+        "prepare_acdc",
+        "prepare_lgg",
+        "train_segmenter",
+        "train_nvae",
+        "promote",
+        "promote_all",
+    }
+    assert expected <= set(project._entry_points)
+    parser = build_parser()
+    for name, entry in project._entry_points.items():
+        values = {
+            key: EXAMPLES[param.type]
+            for key, param in entry.parameters.items()
+            if param.default is None
+        }
+        command = shlex.split(entry.compute_command(values, storage_dir=None))
+        assert command[0] == "seglab", name
+        try:
+            args = parser.parse_args(command[1:])
+        except SystemExit as exc:
+            pytest.fail(f"entry point {name}: `{shlex.join(command)}` does not parse ({exc})")
+        assert callable(args.func)
+
+    promote = project.get_entry_point("promote")
+    command = promote.compute_command({"model": "acdc-nvae", "metric": "iou"}, storage_dir=None)
+    args = parser.parse_args(shlex.split(command)[1:])  # undeclared -P values become options
+    assert (args.model, args.metric, args.min_delta) == ("acdc-nvae", "iou", 0.0)
+
+
+@pytest.mark.slow
+def test_mlflow_run_promote_logs_into_the_launchers_run_only(tmp_path: Path) -> None:
+    """`mlflow run -e promote` creates one run; the promotion records itself in it."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "MLproject", project / "MLproject")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (project / "params.yaml").write_text(f"tracking:\n  uri: {store}\n")
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "init")
+
+    tracking = TrackingParams(uri=store)
+    with tracked_run(tracking, "acdc-nvae", "train", root=project) as trained:
+        log_metrics({"dice_mean": 0.8, "anatomical_validity": 1.0})
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    client.create_registered_model("acdc-nvae")
+    client.create_model_version(
+        "acdc-nvae",
+        f"{trained.info.artifact_uri}/model",
+        run_id=trained.info.run_id,
+        tags=evaluation_tags("test", "0123.dir"),
+    )
+    ensure_experiment(tracking, PROMOTION_EXPERIMENT, root=project)
+
+    bin_dir = str(Path(sys.executable).parent)  # where the `seglab` console script lives
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+        "MLFLOW_TRACKING_URI": store,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "GIT_CEILING_DIRECTORIES": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(project), "-e", "promote",
+         "-P", "model=acdc-nvae", "--experiment-name", PROMOTION_EXPERIMENT,
+         "--env-manager", "local"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "promoted version 1 to champion (was none)" in done.stdout
+
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    launched = [r for r in client.search_runs(experiments) if r.info.run_id != trained.info.run_id]
+    assert len(launched) == 1, [(r.info.run_name, r.data.tags) for r in launched]
+    (run,) = launched
+    tags = run.data.tags
+    assert run.info.status == "FINISHED"
+    assert tags["mlflow.project.entryPoint"] == "promote"
+    assert tags["git.commit"] == git(project, "rev-parse", "HEAD")
+    assert tags["git.dirty"] == "false"
+    assert tags["params.sha256"] and tags["version.mlflow"]
+    assert tags["promotion.acdc-nvae"] == "promoted v1"
+    assert run.data.params["promote.model"] == "acdc-nvae"
+    assert str(client.get_registered_model("acdc-nvae").aliases[CHAMPION]) == "1"

@@ -1,0 +1,126 @@
+"""The shared fit runner: best/last checkpoints, resume, early stopping, logging to a given run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+
+from seglab.config import SegmenterNetsParams, TrainerParams, UNetParams
+from seglab.models.segmenters import build_segmenter
+from seglab.training.datamodule import TensorDataModule
+from seglab.training.fit import fit, predict, resolve_precision
+from seglab.training.segmentation_module import SegmentationModule
+
+NETS = SegmenterNetsParams(unet=UNetParams(channels=(4, 8)))
+
+
+def _module(lr: float = 1e-2) -> SegmentationModule:
+    return SegmentationModule(build_segmenter("unet", NETS), 4, lr=lr)
+
+
+def _data() -> TensorDataModule:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(8, 1, 16, 16, generator=gen)
+    labels = (images[:, 0] * 4).clamp(max=3).to(torch.uint8)  # learnable: label = intensity bin
+    return TensorDataModule({"train": (images, labels), "val": (images, labels)}, batch_size=4)
+
+
+class EpochLog(L.Callback):
+    """Which epochs ran, and the monitored value after each validation."""
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+        self.scores: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epochs.append(trainer.current_epoch)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The epoch's validation has run by now (the module's own epoch-end hook included).
+        self.scores.append(float(trainer.callback_metrics["val_dice_mean"]))
+
+
+def _params(**kwargs: object) -> TrainerParams:
+    return TrainerParams(accelerator="cpu", batch_size=4, **kwargs)  # type: ignore[arg-type]
+
+
+def test_keeps_the_best_epoch_and_the_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = EpochLog()
+    module = _module()
+    monkeypatch.setattr(module, "configure_callbacks", lambda: [log])
+    result = fit(module, _data(), _params(max_epochs=3), tmp_path, monitor="val_dice_mean")
+    assert result.best_path == tmp_path / "best.ckpt" and result.best_path.is_file()
+    assert result.last_path.is_file() and result.resumed_from is None
+    assert result.epochs == 3 and log.epochs == [0, 1, 2]
+    assert result.best_score == pytest.approx(max(log.scores))
+    best_epoch = torch.load(result.best_path, weights_only=False)["epoch"]
+    assert best_epoch == log.scores.index(max(log.scores))
+    assert result.train_seconds > 0
+
+
+def test_resumes_from_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fit(_module(), _data(), _params(max_epochs=1), tmp_path, monitor="val_dice_mean")
+    log = EpochLog()
+    module = _module()
+    monkeypatch.setattr(module, "configure_callbacks", lambda: [log])
+    result = fit(module, _data(), _params(max_epochs=3), tmp_path, monitor="val_dice_mean")
+    assert result.resumed_from == tmp_path / "last.ckpt"
+    assert log.epochs == [1, 2]  # epoch 0 was not trained again
+    assert result.epochs == 3
+    assert torch.load(result.last_path, weights_only=False)["epoch"] == 2
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path: Path) -> None:
+    # lr 0: the weights never change, so the validation Dice never improves after epoch 0.
+    result = fit(
+        _module(lr=0.0),
+        _data(),
+        _params(max_epochs=20, early_stopping_patience=2),
+        tmp_path,
+        monitor="val_dice_mean",
+    )
+    assert result.epochs == 3
+
+
+def test_metrics_go_into_the_given_run_and_the_run_stays_open(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("t", artifact_location=(tmp_path / "a").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    fit(
+        _module(),
+        _data(),
+        _params(max_epochs=2),
+        tmp_path / "ckpt",
+        monitor="val_dice_mean",
+        run_id=run_id,
+        tracking_uri=uri,
+    )
+    run = client.get_run(run_id)
+    assert run.info.status == RunStatus.to_string(RunStatus.RUNNING)
+    for key in ("train_loss", "val_loss", "val_dice_mean", "val_dice_3"):
+        history = client.get_metric_history(run_id, key)
+        assert len(history) == 2, key  # one value per epoch
+    assert len(client.search_runs([experiment])) == 1  # no second run was opened
+
+
+def test_precision_auto_is_fp32_on_a_cpu_and_explicit_values_are_kept() -> None:
+    assert resolve_precision(TrainerParams(accelerator="cpu")) == "32-true"
+    assert resolve_precision(TrainerParams(precision="bf16-mixed")) == "bf16-mixed"
+    if not torch.cuda.is_available():
+        assert resolve_precision(TrainerParams()) == "32-true"
+
+
+def test_predict_returns_label_maps_in_input_order() -> None:
+    module = _module()
+    images = torch.rand(10, 1, 16, 16)
+    labels = predict(module, images, _params(), batch_size=4)
+    assert labels.shape == (10, 16, 16) and labels.dtype == torch.uint8
+    with torch.no_grad():
+        expected = module(images).argmax(dim=1).to(torch.uint8)
+    assert torch.equal(labels, expected)

@@ -1,0 +1,180 @@
+"""The shared segmentation module: every architecture trains, metrics mean what they say,
+augmentation touches training batches only, binary (sigmoid) mode works for the brain study."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from seglab.config import (
+    AttentionUnetParams,
+    AugmentParams,
+    ResUNetParams,
+    SegmenterNetsParams,
+    SwinUnetrParams,
+    UNetParams,
+)
+from seglab.models.segmenters import ARCHS, build_segmenter
+from seglab.training.datamodule import TensorDataModule
+from seglab.training.segmentation_module import SegmentationModule
+
+TINY = SegmenterNetsParams(
+    unet=UNetParams(channels=(4, 8, 16)),
+    resunet=ResUNetParams(channels=(4, 8, 16)),
+    attunet=AttentionUnetParams(channels=(4, 8, 16)),
+    swinunetr=SwinUnetrParams(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
+)
+NAMES = {3: "lv", 2: "myo", 1: "rv"}
+
+
+def _data(n: int = 8, size: int = 64, classes: int = 4) -> TensorDataModule:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(n, 1, size, size, generator=gen)
+    labels = torch.randint(0, max(2, classes), (n, size, size), generator=gen, dtype=torch.uint8)
+    return TensorDataModule({"train": (images, labels), "val": (images, labels)}, batch_size=4)
+
+
+def _trainer(**kwargs: object) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_architecture_trains_one_step(arch: str) -> None:
+    module = SegmentationModule(
+        build_segmenter(arch, TINY), 4, class_names=NAMES, augment=AugmentParams()
+    )
+    trainer = _trainer(fast_dev_run=True)
+    trainer.fit(module, datamodule=_data())
+    logged = trainer.callback_metrics
+    for key in ("train_loss", "val_loss", "val_dice_mean", "val_dice_lv", "val_dice_myo",
+                "val_dice_rv", "val_iou_mean", "val_accuracy"):  # fmt: skip
+        assert key in logged, key
+    assert 0.0 <= float(logged["val_dice_mean"]) <= 1.0
+    assert module.monitor == "val_dice_mean"
+
+
+class OneHotOracle(nn.Module):
+    """Logits = the one-hot input itself: the argmax is whatever label map was encoded."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 10.0
+
+
+def _onehot(labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.one_hot(labels.long(), 4).permute(0, 3, 1, 2).float()
+
+
+def test_validation_metrics_of_a_perfect_and_of_a_known_prediction() -> None:
+    labels = torch.zeros(4, 8, 8, dtype=torch.uint8)
+    labels[:, 2:6, 2:6] = 3  # LV everywhere, no RV or MYO in the ground truth
+    labels[0, 2:4, 2:4] = 2
+    module = SegmentationModule(OneHotOracle(), 4, class_names=NAMES)
+    (perfect,) = _trainer().validate(
+        module, torch.utils.data.DataLoader(list(zip(_onehot(labels), labels, strict=True)))
+    )
+    assert perfect["val_dice_lv"] == pytest.approx(1.0)
+    assert perfect["val_dice_myo"] == pytest.approx(1.0)
+    assert math.isnan(perfect["val_dice_rv"])  # absent from every slice and every prediction
+    assert perfect["val_dice_mean"] == pytest.approx(1.0)
+    assert perfect["val_accuracy"] == pytest.approx(1.0)
+
+    # Predict RV on one slice where the ground truth has none: Dice 0 there (a false positive).
+    pred = labels.clone()
+    pred[1, 0, 0] = 1
+    batches = list(zip(_onehot(pred), labels, strict=True))
+    (metrics,) = _trainer().validate(module, torch.utils.data.DataLoader(batches))
+    assert metrics["val_dice_rv"] == pytest.approx(0.0)
+    assert metrics["val_dice_lv"] == pytest.approx(1.0)
+    assert metrics["val_dice_mean"] == pytest.approx((1 + 1 + 0) / 3)
+    assert metrics["val_accuracy"] == pytest.approx(1 - 1 / (4 * 64))
+
+
+def test_scores_per_slice() -> None:
+    module = SegmentationModule(OneHotOracle(), 4, class_names=NAMES)
+    target = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    target[:, :2] = 3  # 8 LV pixels per slice
+    pred = target.clone()
+    pred[1, 0] = 0  # slice 1: 4 of the 8 LV pixels predicted
+    dice, iou, accuracy = module.scores(pred, target)
+    lv = module.class_ids.index(3)
+    assert dice[0, lv] == pytest.approx(1.0) and dice[1, lv] == pytest.approx(2 * 4 / (4 + 8))
+    assert iou[1, lv] == pytest.approx(4 / 8)
+    assert torch.isnan(dice[:, module.class_ids.index(1)]).all()
+    assert accuracy.tolist() == pytest.approx([1.0, 12 / 16])
+
+
+class CountingAugment(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.calls += 1
+        return image, label
+
+
+def test_augmentation_applies_to_training_batches_only() -> None:
+    module = SegmentationModule(build_segmenter("unet", TINY), 4, augment=AugmentParams())
+    counter = CountingAugment()
+    module.augment = counter  # type: ignore[assignment]
+    data = _data()
+    _trainer().validate(module, datamodule=data)
+    _trainer().predict(module, dataloaders=data.val_dataloader())
+    assert counter.calls == 0
+    _trainer(max_epochs=1, limit_val_batches=1).fit(module, datamodule=data)
+    assert counter.calls == 2  # 8 slices, batches of 4
+
+
+def test_binary_sigmoid_mode_for_the_brain_study() -> None:
+    module = SegmentationModule(build_segmenter("unet", TINY, num_classes=1), 1)
+    assert module.monitor == "val_iou"
+    trainer = _trainer(fast_dev_run=True)
+    trainer.fit(module, datamodule=_data(classes=1))
+    for key in ("val_dice", "val_iou", "val_accuracy", "val_loss", "train_loss"):
+        assert key in trainer.callback_metrics, key
+    pred = module.predict_step(torch.rand(3, 1, 64, 64), 0)
+    assert pred.dtype == torch.uint8 and pred.shape == (3, 64, 64)
+    assert set(pred.unique().tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize("loss", ["dice_ce", "dice", "ce"])
+def test_loss_choice_and_gradients(loss: str) -> None:
+    module = SegmentationModule(build_segmenter("unet", TINY), 4, loss=loss)  # type: ignore[arg-type]
+    labels = torch.randint(0, 4, (2, 32, 32), dtype=torch.uint8)
+    value = module.loss(module(torch.rand(2, 1, 32, 32)), module._target(labels))
+    value.backward()
+    assert value.item() > 0
+    assert all(p.grad is not None for p in module.net.parameters())
+
+
+def test_checkpoint_round_trip_keeps_weights_and_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    module = SegmentationModule(
+        build_segmenter("attunet", TINY),
+        4,
+        lr=3e-4,
+        class_names=NAMES,
+        augment=AugmentParams(rotate_deg=5.0),
+        hparams={"arch": "attunet"},
+    )
+    trainer = _trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(module, datamodule=_data())
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = SegmentationModule.load_from_checkpoint(
+        path, net=build_segmenter("attunet", TINY), map_location="cpu"
+    )
+    assert loaded.lr == 3e-4 and loaded.class_names == module.class_names
+    assert loaded.augment is not None and loaded.augment.params.rotate_deg == 5.0
+    for (name, a), b in zip(module.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
