@@ -7,6 +7,7 @@ stage (or a user) would take it for a finished one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -57,6 +58,23 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
 
 
 def write_json(target: str | Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
+    """Write ``payload`` as indented, strict JSON, atomically.
+
+    NaN and infinities (an undefined HD95, say) become ``null``: Python would otherwise write
+    ``NaN``, which is not JSON and breaks ``dvc metrics`` and other readers.
+    """
     with atomic_file(target) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+        text = json.dumps(_finite(payload), indent=2, default=str, allow_nan=False)
+        tmp.write_text(text + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalars
+        return _finite(value.item())
+    return value
