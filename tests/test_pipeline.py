@@ -1,4 +1,8 @@
-"""The DVC pipelines end to end on small phantoms, in a throw-away copy of the project."""
+"""The data stages of both DVC pipelines on small phantoms, in a throw-away copy of the project.
+
+Versioning is what is tested here (idempotent repro, push/pull); the training stages have their
+own tests, and the whole main job is `dvc repro --all-pipelines` (README).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+DATA_STAGES = ("prepare_acdc", "pipelines/lgg/dvc.yaml:prepare_lgg")
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +54,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("dvc.yaml", "params.yaml", "pipelines", "src", ".dvc", ".dvcignore", ".gitignore"):
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, proj / name, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
+            shutil.copytree(
+                src,
+                proj / name,
+                ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp", "dvc.lock"),
+            )
         elif src.exists():
             shutil.copy(src, proj / name)
     _set(proj / "params.yaml", "acdc.phantom.patients", 5)
@@ -65,25 +74,25 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_repro_twice_runs_nothing_the_second_time(project: Path) -> None:
-    first = _run(project, "dvc", "repro", "--all-pipelines")
+    first = _run(project, "dvc", "repro", *DATA_STAGES)
     assert "Running stage 'prepare_acdc'" in first
     assert "Running stage 'pipelines/lgg/dvc.yaml:prepare_lgg'" in first
     for split in ("train", "val", "test"):
         assert (project / "data/prepared/acdc" / f"{split}.npz").is_file()
         assert (project / "data/prepared/lgg" / f"{split}.npz").is_file()
-    second = _run(project, "dvc", "repro", "--all-pipelines")
+    second = _run(project, "dvc", "repro", *DATA_STAGES)
     assert "Running stage" not in second
-    status = _run(project, "dvc", "status")
+    status = _run(project, "dvc", "status", *DATA_STAGES)
     assert "up to date" in status
 
 
 def test_push_then_pull_into_an_empty_cache_restores_the_data(project: Path) -> None:
     if not (project / "dvc.lock").is_file():
-        _run(project, "dvc", "repro", "--all-pipelines")
+        _run(project, "dvc", "repro", *DATA_STAGES)
     before = _tree_hashes(project / "data")
-    _run(project, "dvc", "push")
+    _run(project, "dvc", "push", "--with-deps", *DATA_STAGES)
     shutil.rmtree(project / "data")
     shutil.rmtree(project / ".dvc" / "cache")
-    _run(project, "dvc", "pull")
+    _run(project, "dvc", "pull", "--with-deps", *DATA_STAGES)
     assert _tree_hashes(project / "data") == before
-    assert "Running stage" not in _run(project, "dvc", "repro", "--all-pipelines")
+    assert "Running stage" not in _run(project, "dvc", "repro", *DATA_STAGES)

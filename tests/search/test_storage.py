@@ -62,6 +62,7 @@ def test_dashboard_command_hides_passwords() -> None:
     assert "pw" not in dashboard_command("postgresql://me:pw@db/optuna")
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_journal_heartbeat_fails_and_requeues_a_silent_trial(tmp_path: Path) -> None:
     storage = open_storage(
         "optuna.journal", tmp_path, heartbeat_interval=1, grace_period=1, max_retry=1

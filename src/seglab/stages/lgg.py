@@ -379,8 +379,8 @@ def compare_lgg(
         [
             "# LGG architectures: test split",
             "",
-            f"Test: {first['slices']} slices ({first['tumour_slices']} with tumour) of "
-            f"{first['patients']} patients. Settings: {_settings_line(results)}.",
+            f"Test split: slices {first['slices']} ({first['tumour_slices']} with tumour), "
+            f"patients {first['patients']}. Settings: {_settings_line(results)}.",
             "",
             markdown_table(table),
             "",
