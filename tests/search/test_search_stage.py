@@ -204,3 +204,9 @@ def test_a_missing_dataset_is_one_line(
     assert err.startswith("seglab: error: data/acdc3gram:") and "\n" not in err
     params = load_params(project / "params.yaml", CardiacParams)
     assert params.search.target == "gt"
+
+    save_split(project / "prepared" / "val.npz", hearts(0, 1))
+    assert main(["search", "nvae", "--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("prepared: the val split has no slices") and "\n" not in err
+    assert not (project / "optuna.db").exists()  # refused before any study or run existed

@@ -12,10 +12,11 @@ How a trial ends:
   (Optuna's Lightning callback); its MLflow run ends FINISHED with ``trial.json`` saying so.
 * **diverged**: the loss became NaN/infinite (the runner raises :class:`TrialDiverged` for the
   model's :class:`~seglab.models.nvae.KLDivergenceError`, the study's KL blow-up) or the figures
-  are not finite. The trial is *pruned*, not failed, so
-  the sampler learns to avoid the region, with user attributes ``stopped = diverged`` and
-  ``reason`` (the one-line error naming the step and KL terms); its MLflow run ends FAILED with
-  ``trial.json`` holding the reason. The study carries on.
+  are not finite. The trial is *pruned*, not failed, so the sampler learns to avoid the
+  region, with user attributes ``stopped = diverged`` and ``reason`` (the one-line error naming
+  the step and KL terms); its MLflow run ends FAILED with ``trial.json`` holding the reason. The
+  study carries on.
+* **budget taken**: see :func:`~seglab.search.study.within_budget`; failed before training.
 * anything else (a bug, a missing file) fails the trial and stops the worker with the error.
 
 A retried trial (its first worker died) trains in the first attempt's checkpoint folder, so it

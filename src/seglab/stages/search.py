@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import yaml
@@ -83,7 +83,7 @@ REGISTERED_ATTR = "seglab:registered"
 class Target:
     """Where a search target's slices come from and what its model is registered as."""
 
-    source: str  # nvae_tensors source: gt | pred | context
+    source: Literal["gt", "pred", "context"]  # what nvae_tensors takes the inputs from
     dataset: str  # lineage name of the input dataset
     registered: str
     in_channels: int
@@ -242,7 +242,7 @@ def work(plan: Plan, worker: int = 0) -> int:
         torch.set_num_threads(plan.threads)
     study, _, space = _open(plan, worker)
     splits = _load(plan, ("train", "val"))
-    data = {name: nvae_tensors(s, plan.target.source) for name, s in splits.items()}  # type: ignore[arg-type]
+    data = {name: nvae_tensors(s, plan.target.source) for name, s in splits.items()}
     val = splits["val"]
     trainer, cfg = plan.trainer, plan.params.nvae
     uri = configure(plan.params.tracking, plan.root)
@@ -339,6 +339,7 @@ def search_nvae(
     root = Path(root)
     search = with_overrides(params.search, **overrides)
     plan = make_plan(params, search, root, params_file)
+    _load(plan, ("train", "val", "test"))  # refuse unusable data before a study or run exists
     study, created, _ = _open(plan)
     if created:
         shutil.rmtree(plan.work, ignore_errors=True)  # left by an earlier study of this name
@@ -500,7 +501,7 @@ def _register_best(
 
     module = load_nvae(checkpoint)
     test = _load(plan, ("test",))["test"]
-    inputs, targets = nvae_tensors(test, plan.target.source)  # type: ignore[arg-type]
+    inputs, targets = nvae_tensors(test, plan.target.source)
     cfg = plan.params.nvae
     nvae = module.params
     with tracked_run(
