@@ -171,8 +171,10 @@ def test_comparison_table_orders_rows_by_iou_and_keeps_extra_columns() -> None:
 
 
 def test_markdown_table_has_a_row_per_architecture_and_readable_numbers() -> None:
-    table = comparison_table(_results())
-    table.loc[2, "iou"] = float("nan")
+    results = _results()
+    results[1]["iou"] = None  # strict JSON writes an undefined figure as null
+    table = comparison_table(results)
+    assert table["name"].tolist()[-1] == "pspnet-resnet18" and table["iou"].dtype == float
     text = markdown_table(table)
     lines = text.splitlines()
     assert len(lines) == 2 + 3

@@ -206,11 +206,16 @@ def _sync(device: torch.device) -> None:
 
 
 def comparison_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per architecture (its metrics file), :data:`TABLE_COLUMNS` first, by IoU."""
+    """One row per architecture (its metrics file), :data:`TABLE_COLUMNS` first, by IoU.
+
+    An undefined figure (``null`` in the metrics file: no tumour predicted or present) is NaN.
+    """
     frame = pd.DataFrame(list(results))
     missing = [c for c in TABLE_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"results lack {', '.join(missing)}")
+    numeric = list(TABLE_COLUMNS[1:])
+    frame[numeric] = frame[numeric].astype(float)
     rest = [c for c in frame.columns if c not in TABLE_COLUMNS]
     frame = frame[[*TABLE_COLUMNS, *rest]]
     return frame.sort_values("iou", ascending=False, na_position="last").reset_index(drop=True)
@@ -281,6 +286,7 @@ def model_size_figure(table: pd.DataFrame) -> Figure:
     ax = fig.subplots()
     bars = ax.barh(ordered["name"], ordered["model_mb"], color="tab:gray")
     ax.bar_label(bars, fmt="%.1f", padding=3, fontsize=8)
+    ax.margins(x=0.12)  # room for the largest bar's label
     ax.set_xlabel("model size on disk (MiB)")
     ax.set_title("Model size")
     return fig
