@@ -210,9 +210,11 @@ def test_end_to_end_run_registers_a_loadable_model_with_lineage(
     with torch.no_grad():
         assert torch.allclose(logits, local(x), atol=1e-4)
 
-    # The crossfit runs: a parent with the out-of-fold figures and a child per fold.
+    # The crossfit runs, under the architecture's run: out-of-fold figures, a child per fold.
     parent = runs["unet-crossfit"]
     assert parent.data.tags["role"] == "crossfit" and "dice_mean" in parent.data.metrics
+    assert parent.data.tags["mlflow.parentRunId"] == run.info.run_id
+    assert "mlflow.parentRunId" not in run.data.tags
     for k in (0, 1):
         child = runs[f"unet-fold{k}"]
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id

@@ -9,8 +9,10 @@ experiment ``acdc-segmenters``; the network is registered as ``acdc-segmenter-<a
 Before it, when ``acdcseg.folds`` = K >= 2, the training patients are cut into K folds (stratified
 by group) and K models, each trained without one fold, predict the slices of the fold they never
 saw: ACDCSeg's train split is then made of predictions as honest as those on val and test
-(MLflow run ``<arch>-crossfit``, one child run per fold). With K = 1 the stage only records that
-ACDCSeg's train split uses the final model's in-sample predictions (the study's choice).
+(MLflow run ``<arch>-crossfit``, a child of the ``<arch>`` run, with one child run per fold, so
+that under ``mlflow run`` the launcher's run is the architecture's run). With K = 1 the stage
+only records that ACDCSeg's train split uses the final model's in-sample predictions (the
+study's choice).
 
 Outputs: ``<models>/<arch>.ckpt`` (the best epoch: weights and hyper-parameters),
 ``<models>/<arch>.crossfit.npz`` (out-of-fold label maps), ``<metrics>/<arch>.json`` and
@@ -310,7 +312,6 @@ def train_segmenter(
         "params_file": params_file,
     }
     folds = params.acdcseg.folds
-    crossfit = _crossfit(params, arch, splits, work, uri, run_args) if folds > 1 else None
     with tracked_run(
         params.tracking,
         EXPERIMENT,
@@ -320,6 +321,7 @@ def train_segmenter(
         **run_args,
     ) as run:
         run_id = run.info.run_id
+        crossfit = _crossfit(params, arch, splits, work, uri, run_args) if folds > 1 else None
         final = work("final")
         best, seconds, epochs = _train(new_module(arch, seg), splits, seg, final, run_id, uri)
         test = splits["test"]
@@ -366,8 +368,9 @@ def _crossfit(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """K models, each trained without one fold of the training patients, predict that fold.
 
-    One MLflow run ``<arch>-crossfit`` (out-of-fold figures) with a child run per fold.
-    Returns the out-of-fold predictions, the fold of each training slice and the figures.
+    One MLflow run ``<arch>-crossfit`` (out-of-fold figures), a child of the active run, with a
+    child run per fold. Returns the out-of-fold predictions, the fold of each training slice and
+    the figures.
     """
     seg, folds, seed = params.segmenters, params.acdcseg.folds, params.acdcseg.seed
     train = splits["train"]
@@ -381,6 +384,7 @@ def _crossfit(
         f"{arch}-crossfit",
         params={**_run_params(params, arch), "folds": folds, "fold_seed": seed},
         tags={"arch": arch, "role": "crossfit"},
+        nested=True,
         **run_args,
     ):
         for k in range(folds):
