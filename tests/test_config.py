@@ -3,8 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from seglab.config import BrainParams, CardiacParams, flatten, load_params
+from seglab.config import BrainParams, CardiacParams, NvaeParams, flatten, load_params
 from seglab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,3 +54,64 @@ def test_flatten_gives_dotted_keys() -> None:
     flat = flatten(CardiacParams())
     assert flat["acdc.prepare.split.seed"] == 42
     assert flat["tracking.uri"].startswith("sqlite:///")
+
+
+def test_overlay_applies_after_the_profile(tmp_path: Path) -> None:
+    f = tmp_path / "params.yaml"
+    f.write_text(
+        "profile: full\nnvae:\n  model:\n    stem_channels: 2\n    latent_channels: 5\n"
+        "profiles:\n  full:\n    nvae:\n      model:\n        stem_channels: 8\n"
+        "        beta: [1, 2, 3]\n"
+    )
+    best = tmp_path / "best.yaml"
+    best.write_text("# a search's result\nnvae:\n  model:\n    beta: [8, 10, 11]\n")
+    later = tmp_path / "later.yaml"
+    later.write_text("nvae:\n  model:\n    stem_channels: 16\n")
+    assert load_params(f, CardiacParams).nvae.model.beta == (1.0, 2.0, 3.0)  # the profile's
+    model = load_params(f, CardiacParams, overlays=[best]).nvae.model
+    # the overlay wins over the profile; keys it does not name keep the profile's or the file's
+    assert (model.beta, model.stem_channels, model.latent_channels) == ((8.0, 10.0, 11.0), 8, 5)
+    model = load_params(f, CardiacParams, overlays=[best, later]).nvae.model
+    assert (model.beta, model.stem_channels) == ((8.0, 10.0, 11.0), 16)  # in order
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("nvae:\n  model: {}\n")  # a search without a finished trial changes nothing
+    assert load_params(f, CardiacParams, overlays=[empty]) == load_params(f, CardiacParams)
+
+
+def test_bad_overlays_are_named(tmp_path: Path) -> None:
+    f = tmp_path / "params.yaml"
+    f.write_text("nvae:\n  model:\n    stem_channels: 2\n")
+    overlay = tmp_path / "best.yaml"
+    with pytest.raises(ConfigError, match=r"best.yaml: overlay not found"):
+        load_params(f, CardiacParams, overlays=[overlay])
+    overlay.write_text("- beta: [8, 10, 11]\n")
+    with pytest.raises(ConfigError, match=r"best.yaml: expected a mapping"):
+        load_params(f, CardiacParams, overlays=[overlay])
+    overlay.write_text("nvae: {model: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"best.yaml: not valid YAML"):
+        load_params(f, CardiacParams, overlays=[overlay])
+    overlay.write_text("nvae:\n  model:\n    stem_chanels: 8\n")
+    with pytest.raises(
+        ConfigError, match=r"params.yaml with overlays .*best.yaml: nvae.model.stem_chanels: Extra"
+    ):
+        load_params(f, CardiacParams, overlays=[overlay])
+    overlay.write_text("nvae:\n  model:\n    beta: [8, 10]\n")  # 2 values for 3 scales
+    with pytest.raises(ConfigError, match=r"beta has 2 values for 3 scales"):
+        load_params(f, CardiacParams, overlays=[overlay])
+    overlay.write_text("profile: full\n")
+    with pytest.raises(ConfigError, match=r"best.yaml: an overlay cannot set profile"):
+        load_params(f, CardiacParams, overlays=[overlay])
+
+
+def test_the_search_result_overlays_the_project_params() -> None:
+    """search/best_nvae.yaml as the search writes it is a valid overlay of params.yaml."""
+    best = ROOT / "search/best_nvae.yaml"
+    if not best.is_file():
+        pytest.skip("no search result in this checkout (run `dvc repro search_nvae`)")
+    plain = load_params(ROOT / "params.yaml", CardiacParams)
+    overlaid = load_params(ROOT / "params.yaml", CardiacParams, overlays=[best])
+    assert overlaid.search == plain.search and overlaid.acdc == plain.acdc
+    assert overlaid.nvae.trainer == plain.nvae.trainer
+    chosen = yaml.safe_load(best.read_text())["nvae"]["model"]
+    expected = NvaeParams.model_validate({**plain.nvae.model.model_dump(), **chosen})
+    assert overlaid.nvae.model == expected

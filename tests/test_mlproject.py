@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import shutil
@@ -19,8 +20,10 @@ from seglab.tracking.registry import CHAMPION, PROMOTION_EXPERIMENT, evaluation_
 from seglab.tracking.runs import ensure_experiment, log_metrics, tracked_run
 
 ROOT = Path(__file__).resolve().parents[1]
-# Stand-in values for parameters without a default, by MLflow parameter type.
-EXAMPLES = {"string": "acdc-nvae", "float": "0.5", "int": "3", "path": "params.yaml"}
+# Stand-in values for parameters without a default, by MLflow parameter type (a float that is
+# also a whole number: search_nvae's n_trials is a count).
+EXAMPLES = {"string": "acdc-nvae", "float": "3", "int": "3", "path": "params.yaml"}
+SEGLAB = Path(sys.executable).parent / "seglab"  # the console script of this environment
 
 
 def git(root: Path, *args: str) -> str:
@@ -42,6 +45,12 @@ def test_every_entry_point_is_a_seglab_command(monkeypatch: pytest.MonkeyPatch) 
         "prepare_lgg",
         "train_segmenter",
         "train_nvae",
+        "train_corrector",
+        "evaluate_correction",
+        "correct",
+        "search_nvae",
+        "lgg_train",
+        "lgg_compare",
         "promote",
         "promote_all",
     }
@@ -65,6 +74,52 @@ def test_every_entry_point_is_a_seglab_command(monkeypatch: pytest.MonkeyPatch) 
     command = promote.compute_command({"model": "acdc-nvae", "metric": "iou"}, storage_dir=None)
     args = parser.parse_args(shlex.split(command)[1:])  # undeclared -P values become options
     assert (args.model, args.metric, args.min_delta) == ("acdc-nvae", "iou", 0.0)
+
+
+def subcommand(command: str) -> list[str]:
+    """The words of an entry point's command that name the seglab subcommand: those before the
+    first option or parameter placeholder."""
+    words = shlex.split(command)[1:]
+    end = next((i for i, w in enumerate(words) if w.startswith("-") or "{" in w), len(words))
+    return words[:end]
+
+
+def test_every_entry_point_names_a_seglab_subcommand() -> None:
+    """`seglab <subcommand> --help` exits 0 for each entry point's command, as installed."""
+    project = _project_spec.load_project(str(ROOT))
+    for name, entry in project._entry_points.items():
+        words = subcommand(entry.command)
+        assert words, name
+        done = subprocess.run(
+            [str(SEGLAB), *words, "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, f"entry point {name}: {done.stderr}"
+        assert done.stdout.startswith(f"usage: seglab {words[0]}"), name
+    # ... and a subcommand that does not exist fails the same check
+    done = subprocess.run([str(SEGLAB), "train", "nothing", "--help"], capture_output=True)
+    assert done.returncode == 2
+
+
+def test_typed_parameters_reach_the_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    project = _project_spec.load_project(str(ROOT))
+    parser = build_parser()
+
+    def parsed(entry: str, values: dict[str, str]) -> argparse.Namespace:
+        command = project.get_entry_point(entry).compute_command(values, storage_dir=None)
+        return parser.parse_args(shlex.split(command)[1:])
+
+    args = parsed("search_nvae", {"n_trials": "27", "sampler": "grid"})
+    assert (args.target, args.n_trials, args.sampler) == ("gt", 27, "grid")
+    args = parsed("correct", {"seg": "a.nii.gz", "image": "b.nii.gz", "out": "c.nii.gz"})
+    assert (args.seg, args.image, args.out) == ("a.nii.gz", "b.nii.gz", "c.nii.gz")
+    assert args.model == "models:/acdc-nvae-corrector@champion"
+    args = parsed("train_corrector", {"variant": "context"})
+    assert args.variant == "context" and args.params == "params.yaml"
+    args = parsed("lgg_train", {"arch": "fpn-resnet18"})
+    assert args.arch == "fpn-resnet18" and args.params == "pipelines/lgg/params.yaml"
+    args = parsed("train_nvae", {"overlay": "search/best_nvae.yaml"})
+    assert args.overlay == ["search/best_nvae.yaml"]
 
 
 @pytest.mark.slow

@@ -153,9 +153,51 @@ def _train_nvae(args: argparse.Namespace) -> int:
     from seglab.stages.nvae import train_nvae
 
     params_file = Path(args.params or CARDIAC_PARAMS)
-    params = load_params(params_file, CardiacParams)
-    result = train_nvae(params, root=Path.cwd(), params_file=params_file)
+    overlays = [Path(o) for o in args.overlay or ()]
+    params = load_params(params_file, CardiacParams, overlays)
+    result = train_nvae(params, root=Path.cwd(), params_file=params_file, overlays=overlays)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _train_corrector(args: argparse.Namespace) -> int:
+    from seglab.config import CardiacParams, load_params
+    from seglab.stages.correctors import train_corrector
+
+    params_file = Path(args.params or CARDIAC_PARAMS)
+    params = load_params(params_file, CardiacParams)
+    result = train_corrector(params, args.variant, root=Path.cwd(), params_file=params_file)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _evaluate_correction(args: argparse.Namespace) -> int:
+    from seglab.config import CardiacParams, load_params
+    from seglab.stages.correction_report import evaluate_correction
+
+    params_file = Path(args.params or CARDIAC_PARAMS)
+    params = load_params(params_file, CardiacParams)
+    summary = evaluate_correction(params, root=Path.cwd(), params_file=params_file)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _correct(args: argparse.Namespace) -> int:
+    from seglab.config import CardiacParams, load_params
+    from seglab.stages.correct import correct_volume, render_summary
+
+    params = load_params(args.params or CARDIAC_PARAMS, CardiacParams)
+    summary = correct_volume(
+        Path(args.seg),
+        Path(args.image),
+        Path(args.out),
+        model=args.model,
+        params=params,
+        root=Path.cwd(),
+        gated=args.gated,
+        qc_out=Path(args.qc) if args.qc else None,
+    )
+    print(render_summary(summary))
     return 0
 
 
@@ -303,7 +345,55 @@ def build_parser() -> argparse.ArgumentParser:
         "register it as acdc-nvae (MLflow experiment acdc-nvae)",
     )
     nvae.add_argument("--params", help="params file (default: params.yaml)")
+    nvae.add_argument(
+        "--overlay",
+        action="append",
+        metavar="FILE",
+        help="params merged on top, after the profile (repeatable, in order), e.g. a search's "
+        "search/best_nvae.yaml",
+    )
     nvae.set_defaults(func=_train_nvae)
+
+    corrector = train_sub.add_parser(
+        "corrector",
+        help="train an NVAE corrector from ACDCSeg predictions (nvae) or their 3-gram (context) "
+        "to ground truth, correct and gate the test rows, register it (acdc-correctors)",
+    )
+    corrector.add_argument("--variant", required=True, choices=["nvae", "context"])
+    corrector.add_argument("--params", help="params file (default: params.yaml)")
+    corrector.set_defaults(func=_train_corrector)
+
+    evaluate = sub.add_parser("evaluate", help="evaluation stages").add_subparsers(
+        dest="evaluate_command", required=True
+    )
+    correction = evaluate.add_parser(
+        "correction",
+        help="the correction study's report: Dice, validity, clinical indices and QC before "
+        "and after correction (metrics/correction.json, reports/correction)",
+    )
+    correction.add_argument("--params", help="params file (default: params.yaml)")
+    correction.set_defaults(func=_evaluate_correction)
+
+    correct = sub.add_parser(
+        "correct",
+        help="correct a label volume (ACDC labels 0..3) with a registered NVAE corrector; "
+        "writes it back in the input's geometry, with per-slice QC scores",
+    )
+    correct.add_argument("seg", help="label volume (.nii/.nii.gz): 0 bg, 1 RV, 2 MYO, 3 LV")
+    correct.add_argument("--image", required=True, help="the matching MR image volume")
+    correct.add_argument("-o", "--out", required=True, help="corrected label volume to write")
+    correct.add_argument(
+        "--model",
+        default="models:/acdc-nvae-corrector@champion",
+        help="a registry URI (models:/NAME@ALIAS or models:/NAME/VERSION) or a corrector "
+        "checkpoint (.ckpt); a 12-channel (context) model gets the 3-gram of the volume",
+    )
+    correct.add_argument(
+        "--gated", action="store_true", help="keep input slices unless the corrector earns it"
+    )
+    correct.add_argument("--qc", help="per-slice QC scores as CSV (default: OUT with .qc.csv)")
+    correct.add_argument("--params", help="params file (default: params.yaml)")
+    correct.set_defaults(func=_correct)
 
     acdcseg = sub.add_parser(
         "acdcseg", help="the segmenters' predicted masks as datasets (DVC stages)"

@@ -6,6 +6,7 @@ No other module reads params.yaml or the environment. Each pipeline (the cardiac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -110,16 +111,22 @@ class TrainerParams(Section):
     early_stopping_patience: int | None = Field(None, ge=1)
     # Batches per training epoch: all (1.0), a fraction, or a count; for quick CPU runs.
     limit_train_batches: int | float = Field(1.0, gt=0)
+    limit_val_batches: int | float = Field(1.0, gt=0)  # quick runs: a few val batches
 
 
 class NvaeOptimParams(Section):
-    """The study's optimiser: Adamax with cosine annealing to ``lr_min``."""
+    """The study's optimiser: Adamax with cosine annealing to ``lr_min``. Two stabilisers the
+    study did not use, off by default: a linear learning-rate warm-up over ``warmup_steps``
+    (from 1% of ``lr``; the NVAE paper warms up too) and clipping the gradients' global norm
+    at ``grad_clip`` (the first steps of a wide stem otherwise blow the KL up)."""
 
     lr: float = Field(1e-2, gt=0)
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = Field(1e-3, gt=0)
     weight_decay: float = Field(3e-4, ge=0)
     lr_min: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
 
 
 class NvaeParams(Section):
@@ -347,10 +354,71 @@ class SearchParams(Section):
     work: str = "data/work/search"  # per-trial checkpoints while the study runs
 
 
+CorrectorVariant = Literal["nvae", "context"]
+
+
+class CorrectorParams(Section):
+    """One corrector: an NVAE from a segmenter's predicted mask (``nvae``, 4 input channels) or
+    its 3-gram context (``context``, 12) to the ground truth. ``init_from_nvae`` starts the
+    weights from the NVAE trained on ground-truth masks (``nvae.models``) where the shapes fit
+    (the stem of a 12-channel input never does, so it stays random)."""
+
+    model: NvaeParams = NvaeParams()
+    trainer: TrainerParams = TrainerParams()
+    init_from_nvae: bool = True
+
+
+class GateParams(Section):
+    """The gated correction keeps the segmenter's mask unless the corrector earns the change:
+    its output is anatomically valid where the input was not (``validity``), or the input looks
+    implausible to the NVAE of ground-truth masks: the Dice between the input and its
+    reconstruction is below ``plausibility_below`` (null: this test is off)."""
+
+    validity: bool = True
+    plausibility_below: float | None = Field(0.8, ge=0, le=1)
+
+
+class CorrectorsParams(Section):
+    """The correction study's correctors (DVC stage ``train_corrector@<variant>``, MLflow
+    experiment ``acdc-correctors``, registered as ``acdc-nvae-corrector`` and
+    ``acdc-nvae-context``). Each is trained on ACDCSeg's train split, selected on val, and
+    applied to every test row; ``<predictions>/<variant>.npz`` holds the corrected and gated
+    test masks with the per-slice plausibility scores the report reads."""
+
+    variants: tuple[CorrectorVariant, ...] = ("nvae", "context")
+    nvae: CorrectorParams = CorrectorParams()
+    context: CorrectorParams = CorrectorParams(
+        model=NvaeParams(in_channels=12, beta=(1.0, 1.0, 5.0))
+    )
+    gate: GateParams = GateParams()
+    log_every_n_steps: int = Field(10, ge=1)
+    figure_rows: int = Field(6, ge=1)
+    models: str = "models/correctors"  # <variant>.ckpt: the lowest validation loss
+    metrics: str = "metrics/correctors"  # <variant>.json: test figures, timings, run, version
+    predictions: str = "data/corrections"  # <variant>.npz: corrected + gated test masks, scores
+    work: str = "data/work/correctors"  # checkpoints of an unfinished training (resumed)
+
+
+class CorrectionReportParams(Section):
+    """The correction study's report (DVC stage ``correction_report``). A slice counts as
+    improved (worsened) when its Dice rises (falls) by more than ``changed``; ``large`` is the
+    study's "changed by more than 0.3". Quality control ranks slices by the NVAE's
+    plausibility score and reports the AUROC for finding slices whose true Dice is below
+    ``bad_dice``."""
+
+    changed: float = Field(0.01, ge=0)
+    large: float = Field(0.3, gt=0)
+    bad_dice: float = Field(0.7, gt=0, le=1)
+    gallery: int = Field(6, ge=1)  # most improved / most worsened slices shown
+    out: str = "reports/correction"  # report.md, tables (csv) and figures (png)
+    metrics: str = "metrics/correction.json"  # the summary `dvc metrics diff` compares
+    plots: str = "plots/correction"  # csv data of the DVC plots
+
+
 class CardiacParams(Section):
     """Root of params.yaml (the cardiac study). Later stages add their sections here."""
 
-    profile: Literal["quick", "full"] = "quick"
+    profile: str = "quick"  # quick, or a key of profiles (checked by apply_profile)
     profiles: dict[str, dict[str, Any]] = {}
     acdc: AcdcDataParams = AcdcDataParams()
     tracking: TrackingParams = TrackingParams()
@@ -358,6 +426,8 @@ class CardiacParams(Section):
     acdcseg: AcdcSegParams = AcdcSegParams()
     nvae: NvaeStageParams = NvaeStageParams()
     search: SearchParams = SearchParams()
+    correctors: CorrectorsParams = CorrectorsParams()
+    correction: CorrectionReportParams = CorrectionReportParams()
 
 
 class LggPrepareParams(Section):
@@ -443,7 +513,7 @@ class LggArchsParams(Section):
 class BrainParams(Section):
     """Root of pipelines/lgg/params.yaml (the brain study)."""
 
-    profile: Literal["quick", "full"] = "quick"
+    profile: str = "quick"  # quick, or a key of profiles (checked by apply_profile)
     profiles: dict[str, dict[str, Any]] = {}
     lgg: LggDataParams = LggDataParams()
     tracking: TrackingParams = TrackingParams()
@@ -463,21 +533,25 @@ class TrackingSection(Section):
 P = TypeVar("P", bound=Section)
 
 
-def load_params(path: str | Path, model: type[P]) -> P:
-    """Read and validate a params file; every problem is reported with its key path."""
+def load_params(path: str | Path, model: type[P], overlays: Sequence[str | Path] = ()) -> P:
+    """Read and validate a params file; every problem is reported with its key path.
+
+    Each of ``overlays`` (e.g. ``search/best_nvae.yaml``, the settings a search found) is a
+    mapping merged, in order, onto the params after the profile is applied, so a stage can take
+    a search's result without anyone editing params.yaml. An overlay can only set keys the
+    params know (unknown keys fail validation like any other) and cannot choose the profile.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = _read_mapping(path, "params file")
     try:
         merged = apply_profile(raw)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    for overlay in map(Path, overlays):
+        values = _read_mapping(overlay, "overlay")
+        if {"profile", "profiles"} & values.keys():
+            raise ConfigError(f"{overlay}: an overlay cannot set profile or profiles")
+        merged = _merge(merged, values)
     try:
         return model.model_validate(merged)
     except ValidationError as exc:
@@ -485,7 +559,21 @@ def load_params(path: str | Path, model: type[P]) -> P:
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
             for err in exc.errors()
         )
-        raise ConfigError(f"{path}: {problems}") from exc
+        source = f"{path} with overlays {', '.join(map(str, overlays))}" if overlays else path
+        raise ConfigError(f"{source}: {problems}") from exc
+
+
+def _read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (an empty file is an empty mapping)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return raw
 
 
 def apply_profile(raw: dict[str, Any]) -> dict[str, Any]:

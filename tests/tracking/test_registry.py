@@ -468,3 +468,47 @@ def test_two_promotions_at_once_leave_the_aliases_consistent(tmp_path: Path, pro
             champion = decision.candidate.version
     assert champion == "3"
     assert len(history.decisions) == 3
+
+
+def test_set_alias_records_the_move_and_waits_for_the_promotion_lock(
+    store: str, project: Path
+) -> None:
+    """How a search names its best model challenger: recorded like a promotion, serialised with
+    promotions, and never the way to move champion."""
+    tracking = TrackingParams(uri=store)
+    model = "acdc-nvae-alias"
+    for dice in (0.6, 0.7):
+        add_version(store, project, model, {"dice_mean": dice})
+    assert registry.set_alias(tracking, project, model, CHALLENGER, "1", reason="trial 0") is None
+    assert registry.set_alias(tracking, project, model, CHALLENGER, "2", reason="trial 4") == "1"
+    client = client_of(store)
+    assert str(client.get_registered_model(model).aliases[CHALLENGER]) == "2"
+    (record,) = [
+        json.loads(v)
+        for k, v in client.get_model_version(model, "2").tags.items()
+        if k.startswith(registry.ALIAS_TAG)
+    ]
+    assert record["alias"] == CHALLENGER and record["version"] == "2"
+    assert record["previous"] == "1" and record["reason"] == "trial 4"
+    assert record["git_commit"] == git(project, "rev-parse", "HEAD") and record["time"]
+
+    with pytest.raises(ConfigError, match="champion alias moves only through seglab promote"):
+        registry.set_alias(tracking, project, model, CHAMPION, "2", reason="shortcut")
+    with pytest.raises(SeglabError, match="has no version 9"):
+        registry.set_alias(tracking, project, model, CHALLENGER, "9", reason="typo")
+    with pytest.raises(SeglabError, match="registered model 'acdc-nope' not found"):
+        registry.set_alias(tracking, project, "acdc-nope", CHALLENGER, "1", reason="typo")
+
+    uri = runs.configure(tracking, project)
+    with registry.store_lock(uri):  # a promotion in progress: the alias must not move under it
+        with pytest.raises(SeglabError, match="held this lock"):
+            registry.set_alias(
+                tracking, project, model, CHALLENGER, "1", reason="late", lock_timeout_s=0.2
+            )
+    assert str(client.get_registered_model(model).aliases[CHALLENGER]) == "2"
+
+    decision = promote(model, tracking, project)  # the challenger is the candidate
+    assert decision.outcome == "promoted" and decision.candidate.version == "2"
+    assert {a: str(v) for a, v in client.get_registered_model(model).aliases.items()} == {
+        CHAMPION: "2"
+    }

@@ -57,6 +57,29 @@ def frame_to_slices(
     frame: AcdcFrame, params: AcdcPrepareParams, centre: tuple[float, float] | None = None
 ) -> FrameSlices:
     """Preprocess one frame; ``centre`` (x, y voxels) is used when ``params.crop`` is ``motion``."""
+    resampled, cropped = resample_and_crop(frame, params, centre)
+    fg_total = int((resampled["label"].data > 0).sum())
+    fg_kept = int((cropped["label"].data > 0).sum())
+    image = cropped["image"].data[0].numpy().astype(np.float32)
+    label = cropped["label"].data[0].numpy().astype(np.uint8)
+    spacing = params.fov_mm / params.size
+    return FrameSlices(
+        image=np.ascontiguousarray(np.moveaxis(image, 2, 0)),
+        label=np.ascontiguousarray(np.moveaxis(label, 2, 0)),
+        spacing=(spacing, spacing),
+        thickness=float(frame.spacing[2]),
+        coverage=fg_kept / fg_total if fg_total else 1.0,
+    )
+
+
+def resample_and_crop(
+    frame: AcdcFrame, params: AcdcPrepareParams, centre: tuple[float, float] | None = None
+) -> tuple[tio.Subject, tio.Subject]:
+    """The frame as torchio subjects after rescaling and resampling, and after the crop.
+
+    The cropped subject's affine places its slices in the frame's :func:`voxel_affine` space,
+    which is what maps slices (corrected ones, say) back onto the frame's own voxels.
+    """
     spacing = params.fov_mm / params.size
     affine = voxel_affine(frame)
     subject = tio.Subject(
@@ -76,17 +99,7 @@ def frame_to_slices(
     resample = tio.Resample((spacing, spacing, frame.spacing[2]))
     resampled = resample(rescale(subject))
     cropped = tio.CropOrPad((params.size, params.size, nz), mask_name=mask_name)(resampled)
-    fg_total = int((resampled["label"].data > 0).sum())
-    fg_kept = int((cropped["label"].data > 0).sum())
-    image = cropped["image"].data[0].numpy().astype(np.float32)
-    label = cropped["label"].data[0].numpy().astype(np.uint8)
-    return FrameSlices(
-        image=np.ascontiguousarray(np.moveaxis(image, 2, 0)),
-        label=np.ascontiguousarray(np.moveaxis(label, 2, 0)),
-        spacing=(spacing, spacing),
-        thickness=float(frame.spacing[2]),
-        coverage=fg_kept / fg_total if fg_total else 1.0,
-    )
+    return resampled, cropped
 
 
 def one_hot(labels: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -48,14 +48,14 @@ from seglab.evaluation.lgg_report import (
     prediction_figure,
     summarize,
 )
-from seglab.io import atomic_dir, atomic_file, write_json
+from seglab.io import atomic_dir, write_json
 from seglab.models.lgg import build_lgg_net
 from seglab.models.segmenters import parameter_count, weights_mb
 from seglab.tracking import configure, dvc_hash, log_artifact, log_figure, log_metrics, tracked_run
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import evaluation_tags
 from seglab.training.datamodule import TensorDataModule
-from seglab.training.fit import fit, resolve_precision
+from seglab.training.fit import export_checkpoint, fit, resolve_precision
 from seglab.training.segmentation_module import SegmentationModule
 
 EXPERIMENT = "lgg-architectures"
@@ -202,14 +202,6 @@ def _epochs_to_best(best: Path) -> int:
     return int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) + 1
 
 
-def _save_checkpoint(best: Path, target: Path) -> None:
-    """The best epoch without optimiser and loop state: what inference and registration need."""
-    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
-    keep = ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step")
-    with atomic_file(target) as tmp:
-        torch.save({k: checkpoint[k] for k in keep if k in checkpoint}, tmp)
-
-
 def _captions(slices: SliceSet) -> list[str]:
     meta = slices.meta
     return [f"{p} #{n}" for p, n in zip(meta["patient"], meta["slice_number"], strict=True)]
@@ -307,7 +299,7 @@ def train_lgg(
             tensors["test"][0][:2].numpy(),
             tags={**evaluation_tags("test", data_md5), "arch": decoder, "encoder": encoder},
         )
-        _save_checkpoint(fitted.best_path, checkpoint_path(archs, name, root))
+        export_checkpoint(fitted.best_path, checkpoint_path(archs, name, root))
         result = {
             **figures,
             **costs,

@@ -75,7 +75,7 @@ from seglab.tracking import (
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import evaluation_tags
 from seglab.training.datamodule import TensorDataModule
-from seglab.training.fit import RunLogger, make_trainer
+from seglab.training.fit import RunLogger, export_checkpoint, make_trainer
 from seglab.training.nvae_module import MONITOR, NvaeModule, val_loss_checkpoint
 
 EXPERIMENT = "acdc-nvae"
@@ -218,6 +218,7 @@ def train_nvae_model(
     image_size: int | None = None,
     log_every_n_steps: int = 10,
     progress_bar: bool = False,
+    init_state: Mapping[str, Tensor] | None = None,
 ) -> NvaeFit:
     """Fit an NVAE on ``data["train"]``, validating on ``data["val"]`` (``(inputs, targets)``,
     e.g. from :func:`nvae_tensors`); keep ``best.ckpt`` (lowest ``val_loss``) and ``last.ckpt``
@@ -227,7 +228,10 @@ def train_nvae_model(
     per-step training terms every ``log_every_n_steps`` steps, the validation figures per epoch.
     Early stopping on ``val_loss`` with ``trainer.early_stopping_patience``. Resume only an
     interrupted call with the same params: the cosine schedule's length is restored with it.
-    Raises :class:`~seglab.models.nvae.KLDivergenceError` when the loss stops being finite.
+    ``init_state`` (an NVAE ``state_dict``) starts a fresh training from those weights where
+    names and shapes match (a corrector from the NVAE of ground-truth masks); a resumed training
+    ignores it. Raises :class:`~seglab.models.nvae.KLDivergenceError` when the loss stops being
+    finite.
     """
     inputs = data["train"][0]
     if inputs.ndim != 4 or inputs.shape[1] != nvae.in_channels:
@@ -265,6 +269,8 @@ def train_nvae_model(
     )
     last = checkpoint_dir / "last.ckpt"
     resumed_from = last if last.is_file() else None
+    if init_state is not None and resumed_from is None:
+        load_matching(module.model, init_state)
     start = time.perf_counter()
     pl_trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from)
     seconds = time.perf_counter() - start
@@ -281,6 +287,15 @@ def train_nvae_model(
         fit_seconds=seconds,
         resumed_from=resumed_from,
     )
+
+
+def load_matching(net: nn.Module, state: Mapping[str, Tensor]) -> tuple[int, int]:
+    """Copy the tensors of ``state`` whose name and shape match ``net``'s; returns how many
+    were copied and how many of ``net``'s tensors kept their own values."""
+    own = net.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    net.load_state_dict(matching, strict=False)
+    return len(matching), len(own) - len(matching)
 
 
 def load_nvae(path: Path) -> NvaeModule:
@@ -318,14 +333,6 @@ def eval_device(trainer: TrainerParams) -> torch.device:
     return torch.device("cuda" if gpu else "cpu")
 
 
-def _save_checkpoint(best: Path, target: Path) -> None:
-    """The best epoch without optimiser and loop state: what inference and registration need."""
-    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
-    keep = ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step")
-    with atomic_file(target) as tmp:
-        torch.save({k: checkpoint[k] for k in keep if k in checkpoint}, tmp)
-
-
 def _write_curves(history: Sequence[Mapping[str, float]], target: Path) -> None:
     with atomic_file(target) as tmp:
         pd.DataFrame(list(history)).to_csv(tmp, index=False, float_format="%.6g")
@@ -339,13 +346,32 @@ def _captions(slices: SliceSet) -> list[str]:
     ]
 
 
+def overlay_tags(overlays: Sequence[Path], root: Path) -> dict[str, str]:
+    """The overlays a run's params were merged from, by path and md5 (the hash DVC records for
+    them in dvc.lock), comma-separated in the order applied; nothing when there are none."""
+    if not overlays:
+        return {}
+    digests = [hashlib.md5((Path(root) / o).read_bytes()).hexdigest() for o in overlays]
+    return {
+        "params.overlay": ",".join(str(o) for o in overlays),
+        "params.overlay.md5": ",".join(digests),
+    }
+
+
 def train_nvae(
-    params: CardiacParams, *, root: Path = Path("."), params_file: Path | None = None
+    params: CardiacParams,
+    *,
+    root: Path = Path("."),
+    params_file: Path | None = None,
+    overlays: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Train, test, log and register the NVAE on the prepared ground-truth masks.
 
-    Returns the test figures (:data:`~seglab.evaluation.nvae_report.KEYS` first), the timings,
-    the run id and the registered version, as written to ``<metrics>/nvae.json``.
+    ``overlays`` are the files already merged into ``params`` (a search's best settings): the
+    run records them by path and md5 (tags ``params.overlay``, ``params.overlay.md5``), because
+    the params file's own hash no longer says what was trained. Returns the test figures
+    (:data:`~seglab.evaluation.nvae_report.KEYS` first), the timings, the run id and the
+    registered version, as written to ``<metrics>/nvae.json``.
     """
     cfg = params.nvae
     root = Path(root)
@@ -370,7 +396,7 @@ def train_nvae(
         params=run_params,
         datasets={DATASET: Path(params.acdc.prepared)},
         params_file=params_file,
-        tags={"source": "gt", "role": "reconstruction"},
+        tags={"source": "gt", "role": "reconstruction", **overlay_tags(overlays, root)},
     ) as run:
         run_id = run.info.run_id
         try:
@@ -437,7 +463,7 @@ def train_nvae(
                 "groups_per_scale": ",".join(str(g) for g in model.groups_per_scale),
             },
         )
-        _save_checkpoint(fitted.best_path, root / cfg.models / CHECKPOINT)
+        export_checkpoint(fitted.best_path, root / cfg.models / CHECKPOINT)
         result = {
             **figures,
             **timings,

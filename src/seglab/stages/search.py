@@ -497,7 +497,7 @@ def _register_best(
     from seglab.models.segmenters import parameter_count, weights_mb
     from seglab.stages.nvae import NvaeReconstructor, eval_device, load_nvae, nvae_tensors
     from seglab.tracking.models import log_and_register
-    from seglab.tracking.registry import CHALLENGER, evaluation_tags
+    from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
 
     module = load_nvae(checkpoint)
     test = _load(plan, ("test",))["test"]
@@ -542,7 +542,14 @@ def _register_best(
                 "optuna.trial": str(best.number),
             },
         )
-        _set_alias(plan, plan.target.registered, CHALLENGER, str(version.version))
+        set_alias(
+            plan.params.tracking,
+            plan.root,
+            plan.target.registered,
+            CHALLENGER,
+            str(version.version),
+            reason=f"best trial {best.number} of Optuna study {plan.study_name}",
+        )
     done = {
         "trial": best.number,
         "model": plan.target.registered,
@@ -552,20 +559,6 @@ def _register_best(
     }
     study.set_user_attr(REGISTERED_ATTR, done)
     return done
-
-
-def _set_alias(plan: Plan, model: str, alias: str, version: str) -> None:
-    """Point ``alias`` of ``model`` at ``version``.
-
-    An adapter: ``seglab.tracking.registry`` has no public call for this yet (only promotion
-    moves ``champion``); it belongs there, next to the promotion rules that read ``challenger``.
-    """
-    from mlflow import MlflowClient
-
-    uri = configure(plan.params.tracking, plan.root)
-    MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(
-        model, alias, version
-    )
 
 
 def _clean(plan: Plan, best: optuna.trial.FrozenTrial | None) -> None:

@@ -54,7 +54,7 @@ from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, tracke
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import evaluation_tags
 from seglab.training.datamodule import TensorDataModule
-from seglab.training.fit import fit, predict
+from seglab.training.fit import export_checkpoint, fit, predict
 from seglab.training.segmentation_module import SegmentationModule
 
 EXPERIMENT = "acdc-segmenters"
@@ -252,14 +252,6 @@ def _train(
     return load_segmenter(result.best_path), result.train_seconds, result.epochs
 
 
-def _save_checkpoint(best: Path, target: Path) -> None:
-    """The best epoch without optimiser and loop state: what inference and registration need."""
-    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
-    keep = ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step")
-    with atomic_file(target) as tmp:
-        torch.save({k: checkpoint[k] for k in keep if k in checkpoint}, tmp)
-
-
 def sample_figure(slices: SliceSet, pred: np.ndarray, rows: int = 4) -> Figure:
     """Image, ground truth and prediction of a few slices spread over the split."""
     has_heart = np.flatnonzero(slices.label.reshape(len(slices), -1).any(axis=1))
@@ -341,7 +333,7 @@ def train_segmenter(
             tags={**evaluation_tags("test", data_md5), "arch": arch},
         )
         metrics = {**figures, **sizes, "epochs": epochs}
-        _save_checkpoint(final / "best.ckpt", checkpoint_path(seg, arch, root))
+        export_checkpoint(final / "best.ckpt", checkpoint_path(seg, arch, root))
         write_json(
             root / seg.metrics / f"{arch}.json",
             {

@@ -19,11 +19,16 @@ Conventions (defined here, and only here, so that the training stages can follow
 * **The history.** Each decision is a JSON :class:`Decision` in the candidate version's tag
   ``promotion.<UTC stamp>``; a replaced champion gets ``demotion.<UTC stamp>`` naming its
   successor. :func:`promotion_history` reads them back in time order.
+* **Other alias moves.** :func:`set_alias` points any alias but ``champion`` at a version (a
+  search's best becomes ``challenger``) and records it in the version's tag ``alias.<UTC stamp>``
+  (alias, previous version, reason, time, git commit).
 
 MLflow has no transaction across alias moves, so a promotion re-reads the aliases under an
 exclusive file lock (one per tracking store, on this machine) and checks again right before
 moving ``champion``: two promotions started at once are serialised, and the second one compares
-against the champion the first one left.
+against the champion the first one left. :func:`set_alias` takes the same lock, so a new
+challenger never lands between a promotion's reading of the aliases and its clearing of the
+challenger it promoted.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ EVAL_SPLIT_TAG = "eval.split"
 EVAL_DATASET_TAG = "eval.dataset_md5"
 PROMOTION_TAG = "promotion."
 DEMOTION_TAG = "demotion."
+ALIAS_TAG = "alias."
 VALIDITY = "anatomical_validity"
 # Promotions are runs too (lineage of the decision itself); under `mlflow run -e promote` the
 # launcher's run is adopted, so the entry point leaves exactly one run.
@@ -568,6 +574,50 @@ def _log_decisions(client: MlflowClient, run_id: str, decisions: list[Decision])
     for d in decisions:
         client.set_tag(run_id, f"promotion.{d.model}", f"{d.outcome} v{d.candidate.version}")
     log_dict({d.model: asdict(d) for d in decisions}, "decisions.json")
+
+
+def set_alias(
+    tracking: TrackingParams,
+    root: Path,
+    model: str,
+    alias: str,
+    version: str,
+    *,
+    reason: str,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
+) -> str | None:
+    """Point ``alias`` of ``model`` at ``version`` (e.g. a search's best as ``challenger``),
+    under the promotion lock, and record the move in the version's tag ``alias.<UTC stamp>``:
+    the alias, the version it pointed at before, ``reason``, the time and the git commit.
+
+    ``champion`` is refused: it moves only through :func:`promote`, which compares the figures.
+    Returns the version the alias pointed at before (None when it was unset).
+    """
+    if alias == CHAMPION:
+        raise ConfigError(
+            f"{model}: the {CHAMPION} alias moves only through seglab promote, which compares "
+            "the candidate with the champion"
+        )
+    client, uri = _client(tracking, root)
+    _aliases(client, model)  # an unknown model is refused as such
+    version = str(_version(client, model, version).version)
+    commit = git_commit(root) or "unknown"
+    with store_lock(uri, lock_timeout_s):
+        before = _aliases(client, model).get(alias)
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        record = {
+            "alias": alias,
+            "version": version,
+            "previous": before,
+            "reason": reason,
+            "time": now,
+            "git_commit": commit,
+        }
+        client.set_model_version_tag(
+            model, version, ALIAS_TAG + _stamp(now), json.dumps(record, sort_keys=True)
+        )
+        client.set_registered_model_alias(model, alias, version)
+    return before
 
 
 def promotion_history(model: str, tracking: TrackingParams, root: Path) -> History:

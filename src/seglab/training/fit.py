@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from seglab.config import TrainerParams
+from seglab.io import atomic_file
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def make_trainer(
     return L.Trainer(
         max_epochs=params.max_epochs,
         limit_train_batches=params.limit_train_batches,
+        limit_val_batches=params.limit_val_batches,
         accelerator=params.accelerator,
         devices=params.devices if devices is None else devices,
         precision=resolve_precision(params),  # type: ignore[arg-type]
@@ -154,3 +156,12 @@ def predict(
     loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=False)
     parts = trainer.predict(module, dataloaders=loader)
     return torch.cat([p.cpu() for p in parts])
+
+
+def export_checkpoint(best: Path, target: Path) -> None:
+    """The best epoch without optimiser and loop state: what inference and registration need
+    (a third of a full Lightning checkpoint), written atomically."""
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    keep = ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step")
+    with atomic_file(target) as tmp:
+        torch.save({k: checkpoint[k] for k in keep if k in checkpoint}, tmp)

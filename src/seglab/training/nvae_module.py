@@ -114,8 +114,20 @@ class NvaeModule(L.LightningModule):
         scores["val_dice_mean"] = dice.mean()
         return scores
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the global gradient norm at ``optim.grad_clip`` (a Trainer-level value wins)."""
+        clip = gradient_clip_val or self.params.optim.grad_clip
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
     def configure_optimizers(self) -> dict[str, Any]:
-        """Adamax with cosine annealing to ``lr_min`` over every optimiser step of the run."""
+        """Adamax with cosine annealing to ``lr_min`` over every optimiser step of the run
+        (after the optional linear warm-up)."""
         o = self.params.optim
         optimizer = torch.optim.Adamax(
             self.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
@@ -123,9 +135,19 @@ class NvaeModule(L.LightningModule):
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ConfigError("nvae: the cosine schedule needs max_epochs or max_steps")
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, int(total)), eta_min=o.lr_min
+        warmup = min(o.warmup_steps, max(0, int(total) - 1))
+        scheduler: torch.optim.lr_scheduler.LRScheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=max(1, int(total) - warmup), eta_min=o.lr_min
+            )
         )
+        if warmup > 0:
+            ramp = torch.optim.lr_scheduler.LinearLR(
+                optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup
+            )
+            scheduler = torch.optim.lr_scheduler.SequentialLR(
+                optimizer, [ramp, scheduler], milestones=[warmup]
+            )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

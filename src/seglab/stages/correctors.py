@@ -1,0 +1,235 @@
+"""The correctors: NVAEs that map a segmenter's mask to the ground truth (DVC
+``train_corrector@<variant>``, ``seglab train corrector --variant nvae|context``).
+
+``nvae`` reads ACDCSeg's predicted masks (4 channels), ``context`` their 3-gram (previous,
+current and next slice, 12 channels); both learn to output the current slice's ground truth,
+with the NVAE objective and optimiser of ``seglab.training.nvae_module``, trained on ACDCSeg's
+train split and selected on its val split (lowest validation loss). With
+``init_from_nvae`` the weights start from the NVAE of ground-truth masks (``train_nvae``)
+wherever names and shapes match.
+
+On the test rows the stage then writes what the correction report needs, in
+``<predictions>/<variant>.npz``: the corrected masks, the gated masks (``seglab.evaluation.
+correction.gate``: the correction is taken only where it is anatomically valid and the input
+was not, or where the input is implausible to the NVAE of ground-truth masks), the per-slice
+validity of input and output, the input's plausibility and its agreement with the correction,
+and the row keys (patient, phase, slice, segmenter) to align with ACDCSeg.
+
+MLflow: experiment ``acdc-correctors``, one run per variant with the per-step NVAE curves and the
+test figures of the corrected and gated masks (the same keys as every ACDC model: ``dice_mean``,
+``dice_lv``, ..., ``anatomical_validity``; the input's as ``input_*``, the gated ones as
+``gated_*``); registered as ``acdc-nvae-corrector`` / ``acdc-nvae-context``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seglab.config import CardiacParams, CorrectorVariant, NvaeStageParams
+from seglab.data.splits import SPLITS
+from seglab.data.store import SliceSet, load_split
+from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.evaluation.correction import correct, gate, mask_agreement, plausibility
+from seglab.evaluation.nvae_report import KEYS, reconstruction_figure
+from seglab.io import atomic_file, write_json
+from seglab.metrics.anatomy import check_slices
+from seglab.metrics.overlap import overlap, summarize_overlap
+from seglab.models.nvae import KLDivergenceError
+from seglab.models.segmenters import parameter_count, weights_mb
+from seglab.stages.nvae import (
+    CHECKPOINT,
+    NvaeReconstructor,
+    eval_device,
+    load_nvae,
+    nvae_tensors,
+    run_name,
+    train_nvae_model,
+    work_dir,
+)
+from seglab.tracking import configure, dvc_hash, log_dict, log_figure, log_metrics, tracked_run
+from seglab.tracking.models import log_and_register
+from seglab.tracking.registry import evaluation_tags
+from seglab.training.fit import export_checkpoint
+
+EXPERIMENT = "acdc-correctors"
+REGISTERED: dict[str, str] = {"nvae": "acdc-nvae-corrector", "context": "acdc-nvae-context"}
+#: Each variant's input source (``nvae_tensors``) and the stored array it reads.
+SOURCES: dict[str, tuple[str, str]] = {"nvae": ("pred", "pred"), "context": ("context", "context")}
+ROW_KEYS = ("patient", "phase", "slice_index", "segmenter")
+
+
+def _dataset(params: CardiacParams, variant: str) -> str:
+    return params.acdcseg.out if variant == "nvae" else params.acdcseg.trigram
+
+
+def _load(folder: Path) -> dict[str, SliceSet]:
+    splits = {split: load_split(folder / f"{split}.npz") for split in SPLITS}
+    for name, slices in splits.items():
+        if len(slices) == 0:
+            raise SeglabError(f"{folder}: the {name} split has no rows")
+    return splits
+
+
+def _current(slices: SliceSet, variant: str) -> np.ndarray:
+    """The segmenter's mask of each row (a 3-gram's middle map)."""
+    key = SOURCES[variant][1]
+    return slices.extra[key] if variant == "nvae" else slices.extra[key][:, 1]
+
+
+def _figures(prefix: str, labels: np.ndarray, gt: np.ndarray, spacing: np.ndarray) -> dict:
+    summary = summarize_overlap(overlap(labels, gt, spacing))
+    validity = check_slices(labels, spacing).summary()["anatomical_validity"]
+    figures = {k: summary[k] for k in KEYS[:8]} | {"anatomical_validity": validity}
+    return {f"{prefix}{k}": v for k, v in figures.items()}
+
+
+def _save_predictions(target: Path, test: SliceSet, arrays: dict[str, np.ndarray]) -> None:
+    keys = {f"row.{k}": test.meta[k].to_numpy().astype(str) for k in ROW_KEYS}
+    with atomic_file(target) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays, **keys)
+
+
+def train_corrector(
+    params: CardiacParams,
+    variant: CorrectorVariant,
+    *,
+    root: Path = Path("."),
+    params_file: Path | None = None,
+) -> dict[str, Any]:
+    """Train, apply, gate, log and register one corrector; returns its test figures as written
+    to ``<metrics>/<variant>.json``."""
+    if variant not in REGISTERED:
+        raise ConfigError(f"unknown corrector variant '{variant}' (nvae, context)")
+    cfg = params.correctors
+    variant_cfg = getattr(cfg, variant)
+    root = Path(root)
+    dataset = _dataset(params, variant)
+    splits = _load(root / dataset)
+    source, _ = SOURCES[variant]
+    # One-hot uint8: 4x smaller than floats (ACDCSeg's train split holds every segmenter's rows);
+    # the model scales its inputs itself.
+    tensors = {s: nvae_tensors(rows, source, torch.uint8) for s, rows in splits.items()}
+    gt_nvae = load_nvae(root / params.nvae.models / CHECKPOINT)
+    init = gt_nvae.model.state_dict() if variant_cfg.init_from_nvae else None
+    uri = configure(params.tracking, root)
+    data_md5 = str(dvc_hash(Path(dataset), root))
+    stage = NvaeStageParams(model=variant_cfg.model, trainer=variant_cfg.trainer, work=cfg.work)
+    work = work_dir(stage, root, data_md5, source)
+    model = variant_cfg.model
+    with tracked_run(
+        params.tracking,
+        EXPERIMENT,
+        f"{variant}-{run_name(model)}",
+        root=root,
+        params={"profile": params.profile, "corrector": variant_cfg, "gate": cfg.gate},
+        datasets={"acdcseg" if variant == "nvae" else "acdc3gram": Path(dataset)},
+        params_file=params_file,
+        tags={"variant": variant, "source": source, "role": "corrector"},
+    ) as run:
+        try:
+            fitted = train_nvae_model(
+                model,
+                variant_cfg.trainer,
+                tensors,
+                work,
+                run_id=run.info.run_id,
+                tracking_uri=uri,
+                log_every_n_steps=cfg.log_every_n_steps,
+                init_state=init,
+            )
+        except KLDivergenceError as exc:
+            log_dict({"error": str(exc), "step": exc.step, "terms": exc.terms}, "divergence.json")
+            raise
+        test = splits["test"]
+        device = eval_device(variant_cfg.trainer)
+        stored = test.extra[SOURCES[variant][1]]
+        before = _current(test, variant)
+        after = correct(fitted.module, stored, device=device)
+        spacing = test.spacing
+        valid_before = check_slices(before, spacing).valid
+        valid_after = check_slices(after, spacing).valid
+        plausible = plausibility(gt_nvae, before, device=device)
+        gated = gate(before, after, valid_before, valid_after, plausible, cfg.gate)
+        gt = test.label
+        figures = {
+            **_figures("", after, gt, spacing),
+            **_figures("gated_", gated.labels, gt, spacing),
+            **_figures("input_", before, gt, spacing),
+            "gated_taken": float(gated.taken.mean()),
+            "changed_slices": float((after != before).any(axis=(1, 2)).mean()),
+        }
+        net = fitted.module.model
+        sizes = {"params_count": parameter_count(net), "model_mb": weights_mb(net)}
+        timings = fitted.timings()
+        log_metrics({**figures, **timings, **sizes})
+        captions = [
+            f"{p} {ph} z{z} {s}"
+            for p, ph, z, s in zip(*(test.meta[k] for k in ROW_KEYS), strict=True)
+        ]
+        log_figure(
+            reconstruction_figure(before, after, captions=captions, rows=cfg.figure_rows),
+            "plots/corrections.png",
+        )
+        version = log_and_register(
+            NvaeReconstructor(net),
+            REGISTERED[variant],
+            tensors["test"][0][:2].float().numpy(),
+            tags={
+                **evaluation_tags("test", data_md5),
+                "variant": variant,
+                "stem_channels": str(model.stem_channels),
+                "beta": ",".join(f"{b:g}" for b in model.beta),
+                "init_from_nvae": str(init is not None),
+            },
+        )
+        _save_predictions(
+            root / cfg.predictions / f"{variant}.npz",
+            test,
+            {
+                "after": after,
+                "gated": gated.labels,
+                "taken": gated.taken,
+                "valid_before": valid_before,
+                "valid_after": valid_after,
+                "plausibility": plausible,
+                "agreement": mask_agreement(before, after),
+            },
+        )
+        export_checkpoint(fitted.best_path, root / cfg.models / f"{variant}.ckpt")
+        result = {
+            **figures,
+            **timings,
+            **sizes,
+            "epochs": fitted.epochs,
+            "best_val_loss": fitted.best_val_loss,
+            "run_id": run.info.run_id,
+            "registered_model": REGISTERED[variant],
+            "model_version": version.version,
+        }
+        write_json(root / cfg.metrics / f"{variant}.json", result)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def load_predictions(path: Path, test: SliceSet) -> dict[str, np.ndarray]:
+    """A variant's ``.npz`` of corrected test rows, checked to line up with ACDCSeg's test rows
+    (the report would otherwise compare masks of different slices)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "corrections not found (run `dvc repro train_corrector`)")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    for key in ROW_KEYS:
+        stored = arrays.pop(f"row.{key}", None)
+        if (
+            stored is None
+            or len(stored) != len(test)
+            or not np.array_equal(stored.astype(str), test.meta[key].to_numpy().astype(str))
+        ):
+            raise DataError(path, f"rows do not match ACDCSeg's test split ({key} differs)")
+    return arrays

@@ -1,0 +1,202 @@
+"""The corrector stage and the correction report stage, end to end on generated ACDCSeg rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from seglab.cli import main
+from seglab.config import CardiacParams, NvaeParams, load_params
+from seglab.data.acdcseg import acdcseg_rows, concat, trigram_rows
+from seglab.data.store import SliceSet, load_split, save_split
+from seglab.errors import DataError
+from seglab.metrics.labels import LV, MYO, RV
+from seglab.stages.correctors import load_predictions, train_corrector
+from seglab.training.nvae_module import NvaeModule
+
+SIZE = 32
+ARCHS = ("unet", "attunet")
+
+
+def hearts(n: int, seed: int) -> np.ndarray:
+    """uint8 [n, SIZE, SIZE]: an LV disc in a MYO ring, an RV crescent beside it."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE].astype(float)
+    out = np.zeros((n, SIZE, SIZE), np.uint8)
+    for i in range(n):
+        cy, cx = SIZE / 2 + rng.uniform(-2, 2, 2)
+        r = SIZE * rng.uniform(0.12, 0.18)
+        d = np.hypot(yy - cy, xx - cx)
+        out[i][(np.hypot(yy - cy, xx - (cx - 1.6 * r)) < 1.6 * r) & (d >= 1.5 * r)] = RV
+        out[i][d < 1.5 * r] = MYO
+        out[i][d < r] = LV
+    return out
+
+
+def prepared(patients: int, seed: int) -> SliceSet:
+    """ED and ES volumes of 4 slices per patient."""
+    rows = [
+        (f"patient{seed}{p:02d}", group, phase, frame, z)
+        for p, group in zip(range(patients), ("NOR", "DCM", "HCM", "MINF", "RV"), strict=False)
+        for phase, frame in (("ED", 1), ("ES", 9))
+        for z in range(4)
+    ]
+    n = len(rows)
+    meta = pd.DataFrame(rows, columns=["patient", "group", "phase", "frame", "slice_index"])
+    meta = meta.assign(
+        slice_count=np.int16(4),
+        spacing_x=np.float32(200 / SIZE),
+        spacing_y=np.float32(200 / SIZE),
+        thickness=np.float32(10.0),
+    )
+    meta["frame"] = meta["frame"].astype(np.int16)
+    meta["slice_index"] = meta["slice_index"].astype(np.int16)
+    label = hearts(n, seed)
+    return SliceSet(image=label.astype(np.float32) / 3, label=label, meta=meta)
+
+
+def damaged(label: np.ndarray, seed: int) -> np.ndarray:
+    """A segmenter's mistakes: the RV dropped on some slices, a stray LV blob on others."""
+    rng = np.random.default_rng(seed)
+    out = label.copy()
+    for i in range(len(out)):
+        if rng.random() < 0.5:
+            out[i][out[i] == RV] = 0
+        else:
+            out[i][2:6, 2:6] = LV
+    return out
+
+
+def tiny_model(in_channels: int, beta: list[float]) -> dict[str, object]:
+    return {
+        "in_channels": in_channels,
+        "stem_channels": 2,
+        "preprocess_blocks": 1,
+        "groups_per_scale": [1, 1],
+        "latent_channels": 2,
+        "beta": beta,
+        "kl_warmup_steps": 2,
+    }
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ACDCSeg + 3-gram splits of two 'segmenters', a tiny NVAE of ground-truth masks, params."""
+    root = tmp_path_factory.mktemp("corrector-project")
+    for split, (patients, seed) in {"train": (3, 0), "val": (2, 1), "test": (2, 2)}.items():
+        base = prepared(patients, seed)
+        rows = concat(
+            [acdcseg_rows(base, damaged(base.label, seed + 10 * k), a) for k, a in enumerate(ARCHS)]
+        )
+        save_split(root / "acdcseg" / f"{split}.npz", rows)
+        save_split(root / "acdc3gram" / f"{split}.npz", trigram_rows(rows))
+    trainer = {"max_epochs": 2, "batch_size": 8, "accelerator": "cpu", "devices": 1}
+    gt_model = tiny_model(4, [1.0, 1.0])
+    module = NvaeModule(NvaeParams(**gt_model), SIZE)
+    (root / "nvae").mkdir()
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": L.__version__,
+        },
+        root / "nvae" / "nvae.ckpt",
+    )
+    params = {
+        "acdc": {"prepared": "prepared", "prepare": {"size": SIZE}},
+        "tracking": {"uri": "sqlite:///mlflow.db", "artifacts": "mlartifacts"},
+        "acdcseg": {"out": "acdcseg", "trigram": "acdc3gram"},
+        "nvae": {"model": gt_model, "models": "nvae"},
+        "correctors": {
+            "nvae": {"model": tiny_model(4, [1.0, 1.0]), "trainer": trainer},
+            "context": {"model": tiny_model(12, [1.0, 5.0]), "trainer": trainer},
+            "log_every_n_steps": 1,
+            "figure_rows": 2,
+        },
+        "correction": {"gallery": 2},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["nvae", "context"])
+def test_corrector_trains_corrects_gates_logs_and_registers(project: Path, variant: str) -> None:
+    params = load_params(project / "params.yaml", CardiacParams)
+    result = train_corrector(params, variant, root=project)  # type: ignore[arg-type]
+
+    for key in ("dice_mean", "gated_dice_mean", "input_dice_mean", "anatomical_validity"):
+        assert 0.0 <= result[key] <= 1.0, key
+    test = load_split(project / "acdcseg" / "test.npz")
+    arrays = load_predictions(project / "data/corrections" / f"{variant}.npz", test)
+    n = len(test)
+    assert arrays["after"].shape == arrays["gated"].shape == test.label.shape
+    assert arrays["plausibility"].shape == arrays["agreement"].shape == (n,)
+    # Gated rows are the corrector's where taken, the segmenter's elsewhere.
+    taken = arrays["taken"]
+    np.testing.assert_array_equal(arrays["gated"][taken], arrays["after"][taken])
+    np.testing.assert_array_equal(arrays["gated"][~taken], test.extra["pred"][~taken])
+    assert result["gated_taken"] == pytest.approx(taken.mean())
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    run = client.get_run(result["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "acdc-correctors"
+    assert {"dice_mean", "gated_dice_mean", "input_dice_mean", "train_loss"} <= set(
+        run.data.metrics
+    )
+    name = {"nvae": "acdc-nvae-corrector", "context": "acdc-nvae-context"}[variant]
+    version = client.get_model_version(name, result["model_version"])
+    assert version.tags["eval.split"] == "test" and version.tags["variant"] == variant
+    assert version.tags["init_from_nvae"] == "True"
+    assert (project / "models/correctors" / f"{variant}.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_report_stage_after_both_correctors(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = load_params(project / "params.yaml", CardiacParams)
+    for variant in ("nvae", "context"):
+        if not (project / "data/corrections" / f"{variant}.npz").is_file():
+            train_corrector(params, variant, root=project)  # type: ignore[arg-type]
+    monkeypatch.chdir(project)
+    assert main(["evaluate", "correction", "--params", "params.yaml"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((project / params.correction.metrics).read_text())
+    assert saved.keys() == printed.keys()
+    for method in ("before", "nvae", "nvae-gated", "context", "context-gated"):
+        assert method in saved, method
+    assert (project / params.correction.out / "report.md").is_file()
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("acdc-correctors").experiment_id],
+        "attributes.run_name = 'correction-report'",
+    )
+    assert "before.dice_mean" in run.data.metrics
+
+
+def test_predictions_must_line_up_with_acdcseg(project: Path, tmp_path: Path) -> None:
+    test = load_split(project / "acdcseg" / "test.npz")
+    path = tmp_path / "nvae.npz"
+    with pytest.raises(DataError, match="corrections not found"):
+        load_predictions(path, test)
+    shuffled = test.meta["patient"].to_numpy()[::-1]
+    np.savez(
+        path,
+        after=test.label,
+        **{
+            f"row.{k}": test.meta[k].to_numpy().astype(str)
+            for k in ("phase", "slice_index", "segmenter")
+        },
+        **{"row.patient": shuffled.astype(str)},
+    )
+    with pytest.raises(DataError, match="patient differs"):
+        load_predictions(path, test)
