@@ -99,7 +99,8 @@ def _promote(args: argparse.Namespace) -> int:
     print(json.dumps(record, indent=2) if args.json else text)
     if args.out:
         write_json(args.out, record)
-    return 0 if all(isinstance(r, registry.Decision) for r in results.values()) else 1
+    refused = not all(isinstance(r, registry.Decision) for r in results.values())
+    return 1 if refused and not args.allow_refusals else 0
 
 
 def _registry_history(args: argparse.Namespace) -> int:
@@ -294,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--dry-run", action="store_true", help="decide, change nothing")
     promote.add_argument("--json", action="store_true")
     promote.add_argument("--out", help="also write the decisions as JSON (a DVC stage output)")
+    promote.add_argument(
+        "--allow-refusals",
+        action="store_true",
+        help="exit 0 even when a model cannot be compared (refusals still reported and recorded)",
+    )
     promote.add_argument("--params", help=tracking_help)
     promote.set_defaults(func=_promote)
 

@@ -8,9 +8,9 @@ import pytest
 
 from seglab.config import AcdcDataParams, AcdcPrepareParams, SplitParams
 from seglab.data.prepare_acdc import prepare_acdc
-from seglab.stages.prepare import prepare_acdc_stage
 from seglab.data.store import load_split
 from seglab.errors import DataError
+from seglab.stages.prepare import prepare_acdc_stage
 
 GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from seglab.config import GateParams, NvaeParams
+from seglab.data.phantom.masks import heart_masks
 from seglab.evaluation.correction import correct, gate, mask_agreement, plausibility
-from seglab.metrics.labels import LV, MYO, RV
+from seglab.metrics.labels import RV
 from seglab.models.nvae import Nvae
 
 SIZE = 32
@@ -16,17 +17,7 @@ SIZE = 32
 
 def hearts(n: int, seed: int = 0) -> np.ndarray:
     """uint8 [n, SIZE, SIZE]: an LV disc in a MYO ring, an RV crescent beside it."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE].astype(float)
-    out = np.zeros((n, SIZE, SIZE), np.uint8)
-    for i in range(n):
-        cy, cx = SIZE / 2 + rng.uniform(-2, 2, 2)
-        r = SIZE * rng.uniform(0.12, 0.18)
-        d = np.hypot(yy - cy, xx - cx)
-        out[i][(np.hypot(yy - cy, xx - (cx - 1.6 * r)) < 1.6 * r) & (d >= 1.5 * r)] = RV
-        out[i][d < 1.5 * r] = MYO
-        out[i][d < r] = LV
-    return out
+    return heart_masks(n, SIZE, seed)
 
 
 def tiny(in_channels: int) -> Nvae:

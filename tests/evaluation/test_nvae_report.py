@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from torch.nn import functional as F
 
 from seglab.config import NvaeParams
+from seglab.data.phantom.masks import heart_masks
 from seglab.evaluation.nvae_report import (
     KEYS,
     evaluate_nvae,
@@ -19,7 +20,7 @@ from seglab.evaluation.nvae_report import (
     samples_figure,
 )
 from seglab.metrics.anatomy import check_slices
-from seglab.metrics.labels import LV, MYO, RV
+from seglab.metrics.labels import LV
 from seglab.models.nvae import Nvae
 from seglab.training.nvae_module import NvaeModule
 
@@ -29,18 +30,7 @@ SPACING = (1.5, 1.5)
 
 def hearts(n: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
     """uint8 [n, size, size] label maps: LV disc in a MYO ring, an RV crescent beside it."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size].astype(float)
-    out = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        cy, cx = size / 2 + rng.uniform(-2, 2, 2)
-        r = size * rng.uniform(0.12, 0.18)
-        d = np.hypot(yy - cy, xx - cx)
-        rv = (np.hypot(yy - cy, xx - (cx - 1.6 * r)) < 1.6 * r) & (d >= 1.5 * r)
-        out[i][rv] = RV
-        out[i][d < 1.5 * r] = MYO
-        out[i][d < r] = LV
-    return out
+    return heart_masks(n, size, seed)
 
 
 def onehot(labels: np.ndarray) -> torch.Tensor:

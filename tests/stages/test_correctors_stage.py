@@ -16,9 +16,10 @@ from mlflow import MlflowClient
 from seglab.cli import main
 from seglab.config import CardiacParams, NvaeParams, load_params
 from seglab.data.acdcseg import acdcseg_rows, concat, trigram_rows
+from seglab.data.phantom.masks import heart_masks
 from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import DataError
-from seglab.metrics.labels import LV, MYO, RV
+from seglab.metrics.labels import LV, RV
 from seglab.stages.correctors import load_predictions, train_corrector
 from seglab.training.nvae_module import NvaeModule
 
@@ -28,17 +29,7 @@ ARCHS = ("unet", "attunet")
 
 def hearts(n: int, seed: int) -> np.ndarray:
     """uint8 [n, SIZE, SIZE]: an LV disc in a MYO ring, an RV crescent beside it."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE].astype(float)
-    out = np.zeros((n, SIZE, SIZE), np.uint8)
-    for i in range(n):
-        cy, cx = SIZE / 2 + rng.uniform(-2, 2, 2)
-        r = SIZE * rng.uniform(0.12, 0.18)
-        d = np.hypot(yy - cy, xx - cx)
-        out[i][(np.hypot(yy - cy, xx - (cx - 1.6 * r)) < 1.6 * r) & (d >= 1.5 * r)] = RV
-        out[i][d < 1.5 * r] = MYO
-        out[i][d < r] = LV
-    return out
+    return heart_masks(n, SIZE, seed)
 
 
 def prepared(patients: int, seed: int) -> SliceSet:

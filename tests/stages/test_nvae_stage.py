@@ -16,9 +16,9 @@ from mlflow import MlflowClient
 
 from seglab.cli import main
 from seglab.config import CardiacParams, NvaeParams, TrainerParams, load_params
+from seglab.data.phantom.masks import heart_masks
 from seglab.data.store import SliceSet, save_split
 from seglab.errors import ConfigError, SeglabError
-from seglab.metrics.labels import LV, MYO, RV
 from seglab.models.nvae import KLDivergenceError, kl_coefficient
 from seglab.stages import nvae as stage
 from seglab.stages.nvae import (
@@ -37,18 +37,7 @@ SIZE = 32
 
 def hearts(n: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
     """uint8 [n, size, size] label maps: LV disc in a MYO ring, an RV crescent beside it."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size].astype(float)
-    out = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        cy, cx = size / 2 + rng.uniform(-2, 2, 2)
-        r = size * rng.uniform(0.12, 0.18)
-        d = np.hypot(yy - cy, xx - cx)
-        rv = (np.hypot(yy - cy, xx - (cx - 1.6 * r)) < 1.6 * r) & (d >= 1.5 * r)
-        out[i][rv] = RV
-        out[i][d < 1.5 * r] = MYO
-        out[i][d < r] = LV
-    return out
+    return heart_masks(n, size, seed)
 
 
 def slice_set(n: int, size: int = SIZE, seed: int = 0, patients: int = 2) -> SliceSet:

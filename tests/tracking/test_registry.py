@@ -364,6 +364,9 @@ def test_promote_all_gives_every_comparable_model_a_champion(
     assert recorded["mystery"] == {
         "refused": "no default promotion metric for model 'mystery': pass --metric"
     }
+    # The DVC stage records refusals without failing the pipeline.
+    assert main([*argv, "--allow-refusals"]) == 0
+    assert "mystery: refused" in capsys.readouterr().out
 
     assert main(["registry", "history", "lgg-fpn-resnet18", "--params", str(params)]) == 0
     table = capsys.readouterr().out.splitlines()
