@@ -147,6 +147,7 @@ def test_corrector_trains_corrects_gates_logs_and_registers(project: Path, varia
     version = client.get_model_version(name, result["model_version"])
     assert version.tags["eval.split"] == "test" and version.tags["variant"] == variant
     assert version.tags["init_from_nvae"] == "True"
+    assert client.get_model_version_by_alias(name, "challenger").version == version.version
     assert (project / "models/correctors" / f"{variant}.ckpt").is_file()
 
 

@@ -7,16 +7,14 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from seglab.cli import main
 from seglab.config import CardiacParams
+from seglab.data.phantom.masks import heart_slices
 from seglab.data.store import SliceSet, save_split
-from seglab.metrics.labels import LV, MYO, RV
 from seglab.stages import nvae as stage
 
 SIZE = 64
@@ -100,32 +98,8 @@ def test_overlay_tags_name_each_file_and_its_md5(tmp_path: Path) -> None:
 
 
 def hearts(n: int, seed: int) -> SliceSet:
-    """A prepared split of ``n`` generated hearts (LV disc, MYO ring, RV beside), 2 patients."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE].astype(float)
-    label = np.zeros((n, SIZE, SIZE), np.uint8)
-    for i in range(n):
-        cy, cx = SIZE / 2 + rng.uniform(-2, 2, 2)
-        r = SIZE * rng.uniform(0.12, 0.18)
-        d = np.hypot(yy - cy, xx - cx)
-        label[i][(np.hypot(yy - cy, xx - (cx - 1.6 * r)) < 1.6 * r) & (d >= 1.5 * r)] = RV
-        label[i][d < 1.5 * r] = MYO
-        label[i][d < r] = LV
-    per = n // 2
-    meta = pd.DataFrame(
-        {
-            "patient": [f"patient{seed}{i // per}" for i in range(n)],
-            "group": "NOR",
-            "phase": "ED",
-            "frame": np.ones(n, np.int16),
-            "slice_index": np.array([i % per for i in range(n)], np.int16),
-            "slice_count": np.full(n, per, np.int16),
-            "spacing_x": np.full(n, 200.0 / SIZE, np.float32),
-            "spacing_y": np.full(n, 200.0 / SIZE, np.float32),
-            "thickness": np.full(n, 10.0, np.float32),
-        }
-    )
-    return SliceSet(image=label.astype(np.float32) / 3, label=label, meta=meta)
+    """A prepared split of ``n`` generated hearts, two patients."""
+    return heart_slices(n, SIZE, seed)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from seglab.cli import main
 from seglab.config import CardiacParams, NvaeParams, TrainerParams, load_params
-from seglab.data.phantom.masks import heart_masks
+from seglab.data.phantom.masks import heart_masks, heart_slices
 from seglab.data.store import SliceSet, save_split
 from seglab.errors import ConfigError, SeglabError
 from seglab.models.nvae import KLDivergenceError, kl_coefficient
@@ -42,22 +42,7 @@ def hearts(n: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
 
 def slice_set(n: int, size: int = SIZE, seed: int = 0, patients: int = 2) -> SliceSet:
     """A prepared split: ``patients`` volumes of ED slices, base to apex."""
-    per = -(-n // patients)
-    meta = pd.DataFrame(
-        {
-            "patient": [f"patient{seed:02d}{i // per}" for i in range(n)],
-            "group": "NOR",
-            "phase": "ED",
-            "frame": np.ones(n, np.int16),
-            "slice_index": np.array([i % per for i in range(n)], np.int16),
-            "slice_count": np.full(n, per, np.int16),
-            "spacing_x": np.full(n, 200.0 / size, np.float32),
-            "spacing_y": np.full(n, 200.0 / size, np.float32),
-            "thickness": np.full(n, 10.0, np.float32),
-        }
-    )
-    label = hearts(n, size, seed)
-    return SliceSet(image=label.astype(np.float32) / 3, label=label, meta=meta)
+    return heart_slices(n, size, seed, patients)
 
 
 def tiny_params(**overrides: object) -> NvaeParams:
@@ -265,6 +250,7 @@ def test_stage_trains_resumes_evaluates_logs_and_registers(
     assert version.run_id == run.info.run_id
     assert version.tags["eval.split"] == "test" and version.tags["eval.dataset_md5"] == md5
     assert version.tags["stem_channels"] == "2" and version.tags["beta"] == "8,10,11"
+    assert client.get_model_version_by_alias("acdc-nvae", "challenger").version == version.version
     model = load_model(f"models:/acdc-nvae/{version.version}", params.tracking, project)
     x, _ = nvae_tensors(stage.load_split(project / "prepared" / "test.npz"))
     best = load_nvae(project / cfg.models / "nvae.ckpt")

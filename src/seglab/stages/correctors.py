@@ -53,7 +53,7 @@ from seglab.stages.nvae import (
 )
 from seglab.tracking import configure, dvc_hash, log_dict, log_figure, log_metrics, tracked_run
 from seglab.tracking.models import log_and_register
-from seglab.tracking.registry import evaluation_tags
+from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
 from seglab.training.fit import export_checkpoint
 
 EXPERIMENT = "acdc-correctors"
@@ -186,6 +186,16 @@ def train_corrector(
                 "beta": ",".join(f"{b:g}" for b in model.beta),
                 "init_from_nvae": str(init is not None),
             },
+        )
+        # A search of this variant may have left its best trial as challenger: the corrector
+        # trained here supersedes it for the next promotion.
+        set_alias(
+            params.tracking,
+            root,
+            REGISTERED[variant],
+            CHALLENGER,
+            str(version.version),
+            reason=f"trained by train_corrector@{variant}",
         )
         _save_predictions(
             root / cfg.predictions / f"{variant}.npz",

@@ -73,7 +73,7 @@ from seglab.tracking import (
     tracked_run,
 )
 from seglab.tracking.models import log_and_register
-from seglab.tracking.registry import evaluation_tags
+from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
 from seglab.training.datamodule import TensorDataModule
 from seglab.training.fit import RunLogger, export_checkpoint, make_trainer
 from seglab.training.nvae_module import MONITOR, NvaeModule, val_loss_checkpoint
@@ -462,6 +462,16 @@ def train_nvae(
                 "beta": ",".join(f"{b:g}" for b in model.beta),
                 "groups_per_scale": ",".join(str(g) for g in model.groups_per_scale),
             },
+        )
+        # The stage trains the configuration a search chose: its version, not the search's
+        # shorter trial, is what the next promotion should weigh against the champion.
+        set_alias(
+            params.tracking,
+            root,
+            REGISTERED_NAME,
+            CHALLENGER,
+            str(version.version),
+            reason=f"trained by train_nvae ({run_name(model)})",
         )
         export_checkpoint(fitted.best_path, root / cfg.models / CHECKPOINT)
         result = {
