@@ -83,7 +83,7 @@ def _promote(args: argparse.Namespace) -> int:
     if args.all:
         if args.model or args.version:
             raise ConfigError("--all takes each model's default candidate: no MODEL, no --version")
-        results = registry.promote_all(tracking, Path.cwd(), **options)
+        results = registry.promote_all(tracking, Path.cwd(), prefix=args.prefix, **options)
         text = registry.render_results(results)
     else:
         if not args.model:
@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     promote.add_argument("model", nargs="?", help="registered model name")
     promote.add_argument("--all", action="store_true", help="promote every registered model")
+    promote.add_argument(
+        "--prefix", default="", help="with --all: only models named PREFIX* (e.g. acdc-, lgg-)"
+    )
     promote.add_argument("--version", help="candidate version (default: challenger, else newest)")
     promote.add_argument("--metric", help="default: dice_mean for acdc-*, iou for lgg-*")
     promote.add_argument("--goal", choices=["max", "min"], help="default: known per metric")

@@ -338,6 +338,8 @@ def test_promote_all_gives_every_comparable_model_a_champion(
     add_version(store, project, "lgg-fpn-resnet18", {"iou": 0.6})
     add_version(store, project, "mystery", {"dice_mean": 0.6})
 
+    # each pipeline promotes its own family
+    assert set(promote_all(tracking, project, prefix="lgg-", dry_run=True)) == {"lgg-fpn-resnet18"}
     results = promote_all(tracking, project)
     assert {m: getattr(r, "outcome", None) for m, r in results.items()} == {
         "acdc-nvae": "promoted",

@@ -528,15 +528,18 @@ def promote_all(
     dry_run: bool = False,
     params_file: Path | None = None,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
+    prefix: str = "",
 ) -> dict[str, Decision | SeglabError]:
-    """:func:`promote` every registered model (its default candidate), in one run.
+    """:func:`promote` every registered model whose name starts with ``prefix`` (its default
+    candidate), in one run; each study's pipeline promotes its own family (``acdc-``, ``lgg-``).
 
     A model that cannot be compared is reported (its :class:`SeglabError`) and the others still
     proceed: after ``dvc repro``, every comparable model has a champion.
     """
     _check_options(min_delta, goal)
     client, uri = _client(tracking, root)
-    models = sorted(m.name for m in client.search_registered_models())
+    registered = (m.name for m in client.search_registered_models())
+    models = sorted(name for name in registered if name.startswith(prefix))
     options: dict[str, Any] = {
         "metric": metric,
         "goal": goal,
@@ -557,7 +560,7 @@ def promote_all(
 
     if dry_run:
         return each(None)
-    settings = {"model": "all", "metric": metric or "default", "goal": goal or "default"}
+    settings = {"model": f"{prefix}*", "metric": metric or "default", "goal": goal or "default"}
     with _promotion_run(
         tracking, root, "promote --all", {**settings, "min_delta": min_delta}, params_file
     ) as run_id:
