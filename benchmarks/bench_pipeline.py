@@ -16,6 +16,7 @@ points at this checkout's src/, so commit before measuring).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def stage_order(root: Path) -> list[str]:
     """Every stage of every dvc.yaml under ``root``, dependencies first."""
-    with Repo(str(root)) as repo:
+    with contextlib.chdir(root), Repo(".") as repo:  # addresses relative to the project
         graph = repo.index.graph
         order = list(reversed(list(nx.topological_sort(graph))))
         return [stage.addressing for stage in order if getattr(stage, "cmd", None)]

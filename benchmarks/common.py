@@ -26,6 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from seglab.config import Section, TrackingSection, apply_profile, load_params
+from seglab.data.phantom import masks
 from seglab.errors import ConfigError
 from seglab.io import write_json
 from seglab.tracking import (
@@ -177,30 +178,12 @@ class Sampler:
 
 
 def heart_masks(count: int, size: int, seed: int = 0) -> torch.Tensor:
-    """``[count, size, size]`` uint8 label maps shaped like short-axis hearts: an LV disc (3)
-    in a MYO ring (2) with an RV crescent (1) beside it, at random places and sizes.
+    """``[count, size, size]`` uint8 short-axis hearts (``seglab.data.phantom.masks``).
 
     Throughput does not depend on the content, but the NVAE's loss does: noise masks can make
     its KL diverge within a few steps at the study's learning rate.
     """
-    g = torch.Generator().manual_seed(seed)
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.empty(count, 1, 1).uniform_(low, high, generator=g)
-
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    cy, cx = uniform(0.35, 0.65) * size, uniform(0.35, 0.65) * size
-    outer = uniform(0.08, 0.2) * size
-    inner = outer * uniform(0.5, 0.8)
-    r2 = (yy - cy) ** 2 + (xx - cx) ** 2
-    angle = uniform(0, 2 * math.pi)
-    ry, rx = cy + outer * torch.sin(angle), cx + outer * torch.cos(angle)
-    rv = ((yy - ry) ** 2 + (xx - rx) ** 2 < (0.9 * outer) ** 2) & (r2 >= outer**2)
-    label = torch.zeros(count, size, size, dtype=torch.uint8)
-    label[rv] = 1
-    label[r2 < outer**2] = 2
-    label[r2 < inner**2] = 3
-    return label
+    return torch.from_numpy(masks.heart_masks(count, size, seed))
 
 
 def _cell(value: Any) -> str:
