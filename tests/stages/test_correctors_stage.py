@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -148,6 +149,10 @@ def test_corrector_trains_corrects_gates_logs_and_registers(project: Path, varia
     assert version.tags["eval.split"] == "test" and version.tags["variant"] == variant
     assert version.tags["init_from_nvae"] == "True"
     assert client.get_model_version_by_alias(name, "challenger").version == version.version
+    # the serving requirements are stated (torch, numpy), not inferred from the training stack
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    deps = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{name}/{version.version}"))
+    assert "torch==" in deps.read_text() and "monai" not in deps.read_text()
     assert (project / "models/correctors" / f"{variant}.ckpt").is_file()
 
 

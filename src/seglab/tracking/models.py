@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from importlib import metadata
 
 import mlflow
 import numpy as np
@@ -22,6 +23,17 @@ from mlflow.models import infer_signature
 from seglab.tracking.runs import _active_run_id
 
 LINEAGE_PREFIXES = ("git.", "data.", "params.sha256")
+
+
+def serving_requirements() -> list[str]:
+    """What loading an exported (``pt2``) network needs: torch and numpy at this run's versions.
+
+    Stated instead of inferred: MLflow's inference imports the model in a subprocess and costs
+    20-60 s per registration on a small CPU, and would list the whole training stack."""
+    return [
+        f"torch=={metadata.version('torch')}",
+        f"numpy=={metadata.version('numpy')}",
+    ]
 
 
 def log_and_register(
@@ -48,6 +60,7 @@ def log_and_register(
         input_example=example,
         signature=infer_signature(example, output),
         registered_model_name=name,
+        pip_requirements=serving_requirements(),
     )
     client = MlflowClient()
     version = str(info.registered_model_version)
