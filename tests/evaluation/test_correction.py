@@ -73,6 +73,9 @@ def test_gate_takes_the_correction_only_where_it_is_earned() -> None:
     assert out.by_plausibility.tolist() == [False, False, False, True]
     for i, taken in enumerate(out.taken):
         np.testing.assert_array_equal(out.labels[i], after[i] if taken else before[i])
+    # An emptied heart is "valid" (it breaks no criterion) but never earns the swap.
+    erased = gate(before, np.zeros_like(after), valid_before, [True] * 4, [1.0] * 4, GateParams())
+    assert not erased.taken.any()
     off = gate(
         before,
         after,

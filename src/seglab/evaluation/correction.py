@@ -95,12 +95,15 @@ def gate(
     params: GateParams,
 ) -> Gated:
     """Take the corrected mask only where it is anatomically valid and the input was not
-    (``params.validity``), or where the input's plausibility is below
+    (``params.validity``; an emptied mask does not count), or where the input's plausibility is
+    below
     ``params.plausibility_below``; keep the segmenter's mask everywhere else."""
     n = len(before)
     by_validity = np.zeros(n, bool)
     if params.validity:
-        by_validity = np.asarray(valid_after, bool) & ~np.asarray(valid_before, bool)
+        # An empty mask breaks no criterion: erasing a heart must not pass for a fix.
+        erased = ~after.any(axis=(1, 2)) & before.any(axis=(1, 2))
+        by_validity = np.asarray(valid_after, bool) & ~np.asarray(valid_before, bool) & ~erased
     by_plausibility = np.zeros(n, bool)
     if params.plausibility_below is not None:
         by_plausibility = np.asarray(plausibility_before) < params.plausibility_below
