@@ -115,3 +115,18 @@ def test_the_search_result_overlays_the_project_params() -> None:
     chosen = yaml.safe_load(best.read_text())["nvae"]["model"]
     expected = NvaeParams.model_validate({**plain.nvae.model.model_dump(), **chosen})
     assert overlaid.nvae.model == expected
+
+
+def test_every_profile_validates_and_correctors_keep_their_channels(tmp_path: Path) -> None:
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    for profile in ("quick", *raw["profiles"]):
+        path = tmp_path / f"{profile}.yaml"
+        path.write_text(yaml.safe_dump({**raw, "profile": profile}))
+        params = load_params(path, CardiacParams)
+        assert params.correctors.nvae.model.in_channels == 4
+        assert params.correctors.context.model.in_channels == 12
+    # a partial context model would fall back to 4 channels: refused, naming the key
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump({"correctors": {"context": {"model": {"beta": [1, 1, 5]}}}}))
+    with pytest.raises(ConfigError, match="correctors.context.model.in_channels must be 12"):
+        load_params(path, CardiacParams)

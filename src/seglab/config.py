@@ -398,6 +398,18 @@ class CorrectorsParams(Section):
     predictions: str = "data/corrections"  # <variant>.npz: corrected + gated test masks, scores
     work: str = "data/work/correctors"  # checkpoints of an unfinished training (resumed)
 
+    @model_validator(mode="after")
+    def _channels(self) -> CorrectorsParams:
+        # A partial `context.model` falls back to NvaeParams' defaults (4 channels), not to this
+        # section's 12: say so instead of failing later on the data's shape.
+        for variant, channels in (("nvae", 4), ("context", 12)):
+            got = getattr(self, variant).model.in_channels
+            if got != channels:
+                raise ValueError(
+                    f"correctors.{variant}.model.in_channels must be {channels}, got {got}"
+                )
+        return self
+
 
 class CorrectionReportParams(Section):
     """The correction study's report (DVC stage ``correction_report``). A slice counts as
