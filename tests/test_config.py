@@ -118,7 +118,7 @@ def test_the_search_result_overlays_the_project_params() -> None:
 
 
 def test_every_profile_validates_and_correctors_keep_their_channels(tmp_path: Path) -> None:
-    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for profile in ("quick", *raw["profiles"]):
         path = tmp_path / f"{profile}.yaml"
         path.write_text(yaml.safe_dump({**raw, "profile": profile}))
