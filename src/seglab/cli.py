@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from seglab.errors import SeglabError
 
 if TYPE_CHECKING:
-    from seglab.config import TrackingParams
+    from seglab.config import CardiacParams, TrackingParams
 
 CARDIAC_PARAMS = "params.yaml"
 BRAIN_PARAMS = "pipelines/lgg/params.yaml"
@@ -63,6 +63,15 @@ def _tracking_params(args: argparse.Namespace) -> TrackingParams:
     from seglab.config import TrackingSection, load_params
 
     return load_params(args.params or CARDIAC_PARAMS, TrackingSection).tracking
+
+
+def _cardiac(args: argparse.Namespace, overlays: Sequence[Path] = ()) -> tuple[Path, CardiacParams]:
+    """The cardiac params file named by ``--params`` (default params.yaml), validated, with any
+    overlays applied."""
+    from seglab.config import CardiacParams, load_params
+
+    params_file = Path(args.params or CARDIAC_PARAMS)
+    return params_file, load_params(params_file, CardiacParams, overlays)
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -139,55 +148,46 @@ def _runs_compare(args: argparse.Namespace) -> int:
 
 
 def _train_segmenter(args: argparse.Namespace) -> int:
-    from seglab.config import CardiacParams, load_params
     from seglab.stages.segmenters import train_segmenter
 
-    params_file = Path(args.params or CARDIAC_PARAMS)
-    params = load_params(params_file, CardiacParams)
+    params_file, params = _cardiac(args)
     result = train_segmenter(params, args.arch, root=Path.cwd(), params_file=params_file)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def _train_nvae(args: argparse.Namespace) -> int:
-    from seglab.config import CardiacParams, load_params
     from seglab.stages.nvae import train_nvae
 
-    params_file = Path(args.params or CARDIAC_PARAMS)
     overlays = [Path(o) for o in args.overlay or ()]
-    params = load_params(params_file, CardiacParams, overlays)
+    params_file, params = _cardiac(args, overlays)
     result = train_nvae(params, root=Path.cwd(), params_file=params_file, overlays=overlays)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def _train_corrector(args: argparse.Namespace) -> int:
-    from seglab.config import CardiacParams, load_params
     from seglab.stages.correctors import train_corrector
 
-    params_file = Path(args.params or CARDIAC_PARAMS)
-    params = load_params(params_file, CardiacParams)
+    params_file, params = _cardiac(args)
     result = train_corrector(params, args.variant, root=Path.cwd(), params_file=params_file)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def _evaluate_correction(args: argparse.Namespace) -> int:
-    from seglab.config import CardiacParams, load_params
     from seglab.stages.correction_report import evaluate_correction
 
-    params_file = Path(args.params or CARDIAC_PARAMS)
-    params = load_params(params_file, CardiacParams)
+    params_file, params = _cardiac(args)
     summary = evaluate_correction(params, root=Path.cwd(), params_file=params_file)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def _correct(args: argparse.Namespace) -> int:
-    from seglab.config import CardiacParams, load_params
     from seglab.stages.correct import correct_volume, render_summary
 
-    params = load_params(args.params or CARDIAC_PARAMS, CardiacParams)
+    _, params = _cardiac(args)
     summary = correct_volume(
         Path(args.seg),
         Path(args.image),
@@ -203,11 +203,9 @@ def _correct(args: argparse.Namespace) -> int:
 
 
 def _search_nvae(args: argparse.Namespace) -> int:
-    from seglab.config import CardiacParams, load_params
     from seglab.stages.search import search_nvae
 
-    params_file = Path(args.params or CARDIAC_PARAMS)
-    params = load_params(params_file, CardiacParams)
+    params_file, params = _cardiac(args)
     summary = search_nvae(
         params,
         root=Path.cwd(),
@@ -225,9 +223,7 @@ def _search_nvae(args: argparse.Namespace) -> int:
 
 
 def _acdcseg(args: argparse.Namespace) -> int:
-    from seglab.config import CardiacParams, load_params
-
-    params = load_params(args.params or CARDIAC_PARAMS, CardiacParams)
+    _, params = _cardiac(args)
     if args.acdcseg_command == "build":
         from seglab.stages.acdcseg import build_acdcseg as stage
     else:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from seglab.metrics.anatomy import check_slices
 from seglab.metrics.labels import NUM_LABELS, RV, STRUCTURE_LABELS, STRUCTURES
-from seglab.metrics.overlap import overlap, summarize_overlap
+from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.nvae import Nvae
 from seglab.training.nvae_module import NvaeModule
 
@@ -38,14 +38,7 @@ from seglab.training.nvae_module import NvaeModule
 COLOURS = ListedColormap(["black", "tab:blue", "tab:green", "tab:red"])
 #: The headline figures, first in every result (the project's metric keys).
 KEYS = (
-    "dice_mean",
-    "dice_lv",
-    "dice_myo",
-    "dice_rv",
-    "hd95_mean",
-    "hd95_lv",
-    "hd95_myo",
-    "hd95_rv",
+    *OVERLAP_KEYS,
     "anatomical_validity",
     "target_validity",
     "sample_validity",
@@ -152,7 +145,7 @@ def evaluate_nvae(
     target_labels = np.asarray(target_labels, dtype=np.uint8)
     summary = summarize_overlap(overlap(recon, target_labels, spacing))
     figures: dict[str, Any] = {
-        **{k: summary[k] for k in KEYS[:8]},
+        **{k: summary[k] for k in OVERLAP_KEYS},
         "anatomical_validity": check_slices(recon, spacing).summary()["anatomical_validity"],
         "target_validity": check_slices(target_labels, spacing).summary()["anatomical_validity"],
     }

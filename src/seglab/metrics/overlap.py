@@ -249,6 +249,19 @@ def _hd95(pred: np.ndarray, gt: np.ndarray, spacing: np.ndarray) -> float:
     )
 
 
+#: The headline keys of :func:`summarize_overlap`, logged under these names by every model.
+OVERLAP_KEYS = (
+    "dice_mean",
+    "dice_lv",
+    "dice_myo",
+    "dice_rv",
+    "hd95_mean",
+    "hd95_lv",
+    "hd95_myo",
+    "hd95_rv",
+)
+
+
 def summarize_overlap(result: OverlapResult) -> dict[str, float | int]:
     """Dataset figures: class and overall means (metric keys of the project) and case counts."""
     summary: dict[str, float | int] = {"slices": int(len(result.dice))}

@@ -35,10 +35,10 @@ from seglab.data.splits import SPLITS
 from seglab.data.store import SliceSet, load_split
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.evaluation.correction import correct, gate, mask_agreement, plausibility
-from seglab.evaluation.nvae_report import KEYS, reconstruction_figure
+from seglab.evaluation.nvae_report import reconstruction_figure
 from seglab.io import atomic_file, write_json
 from seglab.metrics.anatomy import check_slices
-from seglab.metrics.overlap import overlap, summarize_overlap
+from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.nvae import KLDivergenceError
 from seglab.models.segmenters import parameter_count, weights_mb
 from seglab.stages.nvae import (
@@ -84,7 +84,7 @@ def _current(slices: SliceSet, variant: str) -> np.ndarray:
 def _figures(prefix: str, labels: np.ndarray, gt: np.ndarray, spacing: np.ndarray) -> dict:
     summary = summarize_overlap(overlap(labels, gt, spacing))
     validity = check_slices(labels, spacing).summary()["anatomical_validity"]
-    figures = {k: summary[k] for k in KEYS[:8]} | {"anatomical_validity": validity}
+    figures = {k: summary[k] for k in OVERLAP_KEYS} | {"anatomical_validity": validity}
     return {f"{prefix}{k}": v for k, v in figures.items()}
 
 

@@ -48,7 +48,7 @@ from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.io import atomic_file, write_json
 from seglab.metrics.anatomy import check_slices
 from seglab.metrics.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
-from seglab.metrics.overlap import overlap, summarize_overlap
+from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.segmenters import ARCHS, build_segmenter, parameter_count, weights_mb
 from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, tracked_run
 from seglab.tracking.models import log_and_register
@@ -62,17 +62,7 @@ DATASET = "acdc_prepared"
 CLASS_NAMES = dict(zip(STRUCTURE_LABELS, STRUCTURES, strict=True))
 MONITOR = "val_dice_mean"
 #: Test figures logged to every run, under the same keys for every architecture.
-TEST_KEYS = (
-    "dice_mean",
-    "dice_lv",
-    "dice_myo",
-    "dice_rv",
-    "hd95_mean",
-    "hd95_lv",
-    "hd95_myo",
-    "hd95_rv",
-    "anatomical_validity",
-)
+TEST_KEYS = (*OVERLAP_KEYS, "anatomical_validity")
 INSAMPLE = "insample"
 
 
