@@ -130,3 +130,16 @@ def test_every_profile_validates_and_correctors_keep_their_channels(tmp_path: Pa
     path.write_text(yaml.safe_dump({"correctors": {"context": {"model": {"beta": [1, 1, 5]}}}}))
     with pytest.raises(ConfigError, match="correctors.context.model.in_channels must be 12"):
         load_params(path, CardiacParams)
+
+
+def test_search_model_overrides_every_trial_and_is_checked_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("search:\n  model: {kl_warmup_steps: 60, optim: {warmup_steps: 20}}\n")
+    params = load_params(path, CardiacParams)
+    base = params.search_base()
+    assert base.kl_warmup_steps == 60 and base.optim.warmup_steps == 20
+    assert base.optim.lr == params.nvae.model.optim.lr  # a nested override keeps the rest
+    assert params.nvae.model.kl_warmup_steps != 60  # the NVAE stage itself is untouched
+    path.write_text("search:\n  model: {optim: {warmup: 20}}\n")
+    with pytest.raises(ConfigError, match=r"search.model does not fit nvae.model \(optim.warmup"):
+        load_params(path, CardiacParams)

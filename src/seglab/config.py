@@ -321,7 +321,9 @@ class SearchParams(Section):
     new study and an unchanged one continues. ``n_trials`` is the study's total of finished
     (complete or pruned) trials, however many workers share it. ``enqueue`` lists per target the
     known good settings (NVAE overlays) run first by TPE/random (the grid contains its own).
-    ``trainer`` null trains every trial like ``nvae.trainer``. A worker that dies is detected by
+    ``trainer`` null trains every trial like ``nvae.trainer``; ``model`` overrides ``nvae.model``
+    for every trial (e.g. warm-ups that fit a short trial's budget; the best-settings overlay
+    carries only the searched values). A worker that dies is detected by
     its missing heartbeat after ``grace_period`` seconds (null: twice the interval) and its trial
     retried up to ``max_retry`` times.
     """
@@ -344,6 +346,7 @@ class SearchParams(Section):
         "context": ({"beta": (1, 1, 5), "stem_channels": 4},),
     }
     trainer: TrainerParams | None = None
+    model: dict[str, Any] = {}  # overrides of nvae.model for every trial (validated with it)
     heartbeat_interval: int = Field(60, ge=1)
     grace_period: int | None = Field(None, ge=1)
     max_retry: int = Field(3, ge=0)
@@ -440,6 +443,22 @@ class CardiacParams(Section):
     search: SearchParams = SearchParams()
     correctors: CorrectorsParams = CorrectorsParams()
     correction: CorrectionReportParams = CorrectionReportParams()
+
+    @model_validator(mode="after")
+    def _search_model(self) -> CardiacParams:
+        try:  # an unknown or invalid override is an error at load, not mid-search
+            self.search_base()
+        except ValidationError as exc:
+            bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"search.model does not fit nvae.model ({bad})") from None
+        return self
+
+    def search_base(self) -> NvaeParams:
+        """``nvae.model`` with ``search.model``'s overrides: what every search trial starts from."""
+        if not self.search.model:
+            return self.nvae.model
+        merged = _merge(self.nvae.model.model_dump(), self.search.model)
+        return NvaeParams.model_validate(merged)
 
 
 class LggPrepareParams(Section):

@@ -134,8 +134,10 @@ class Plan:
 
     @property
     def base(self) -> NvaeParams:
-        """The NVAE every trial starts from: ``nvae.model`` with the target's input channels."""
-        return self.params.nvae.model.model_copy(update={"in_channels": self.target.in_channels})
+        """The NVAE every trial starts from: ``nvae.model`` with ``search.model``'s overrides and
+        the target's input channels."""
+        base = self.params.search_base()
+        return base.model_copy(update={"in_channels": self.target.in_channels})
 
     @property
     def trainer(self) -> TrainerParams:
