@@ -59,6 +59,7 @@ from seglab.models.segmenters import ARCHS, parameter_count, weights_mb
 from seglab.stages import lgg as lgg_stage
 from seglab.stages import segmenters as seg_stage
 from seglab.stages.nvae import nvae_tensors, train_nvae_model
+from seglab.training.fit import apply_speedups
 from seglab.training.nvae_module import NvaeModule
 
 Family = Literal["segmenter", "nvae", "lgg"]
@@ -110,11 +111,6 @@ class ModelSpec:
     family: Family
     build: Callable[[], L.LightningModule]
     batch: Callable[[int], tuple[Tensor, Tensor]]  # (inputs, targets) of n slices, on the CPU
-
-    @property
-    def network(self) -> str:
-        """The module attribute holding the network (what ``--compile`` compiles)."""
-        return "model" if self.family == "nvae" else "net"
 
 
 @dataclass(frozen=True)
@@ -297,10 +293,7 @@ def measure(spec: ModelSpec, settings: Settings) -> dict[str, Any]:
         "model_mb": round(weights_mb(module), 2),
     }
     module = module.to(device)
-    if settings.channels_last:
-        module = module.to(memory_format=torch.channels_last)
-    if settings.compile:
-        setattr(module, spec.network, torch.compile(getattr(module, spec.network)))
+    apply_speedups(module, settings.channels_last, settings.compile)  # as training does
     train, train_sampler = _train(module, spec, settings)
     infer, infer_sampler = _infer(module, spec, settings)
     peak = max(train_sampler.peak_rss(), infer_sampler.peak_rss())
@@ -333,8 +326,7 @@ def time_to_dice(
     cardiac: CardiacParams,
     data: Path,
     target: float,
-    device: torch.device,
-    precision: Literal["32", "bf16"],
+    settings: Settings,
     batch_size: int | None,
     max_epochs: int | None,
     time_limit: float,
@@ -345,13 +337,16 @@ def time_to_dice(
     splits = {split: load_split(Path(data) / f"{split}.npz") for split in ("train", "val")}
     tensors = {split: nvae_tensors(slices, "gt") for split, slices in splits.items()}
     load_seconds = time.perf_counter() - start
+    device = settings.device
     base = cardiac.nvae.trainer
     trainer = TrainerParams.model_validate(
         {
             **base.model_dump(),
             "accelerator": "gpu" if device.type == "cuda" else "cpu",
             "devices": 1,
-            "precision": "bf16-mixed" if precision == "bf16" else "32-true",
+            "precision": "bf16-mixed" if settings.precision == "bf16" else "32-true",
+            "channels_last": settings.channels_last,
+            "compile": settings.compile,
             "limit_train_batches": 1.0,
             "early_stopping_patience": None,
             "batch_size": batch_size or base.batch_size,
@@ -359,7 +354,7 @@ def time_to_dice(
         }
     )
     model = cardiac.nvae.model
-    settings = {
+    record = {
         "data": str(data),
         "train_slices": len(splits["train"]),
         "val_slices": len(splits["val"]),
@@ -371,6 +366,8 @@ def time_to_dice(
         "batch_size": trainer.batch_size,
         "max_epochs": trainer.max_epochs,
         "precision": trainer.precision,
+        "channels_last": trainer.channels_last,
+        "compile": trainer.compile,
         "time_limit_s": time_limit,
     }
     with tempfile.TemporaryDirectory() as tmp, common.Sampler(device) as sampler:
@@ -399,7 +396,7 @@ def time_to_dice(
         "train_slices_per_s": last["step"] * trainer.batch_size / last["seconds"] if last else None,
         "gpu_util": sampler.mean_util(),
     }
-    return summary, history, settings
+    return summary, history, record
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -515,8 +512,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             cardiac,
             args.data,
             args.time_to_dice,
-            settings.device,
-            settings.precision,
+            settings,
             args.batch_size,
             args.max_epochs,
             args.time_limit,

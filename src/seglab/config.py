@@ -112,6 +112,12 @@ class TrainerParams(Section):
     # Batches per training epoch: all (1.0), a fraction, or a count; for quick CPU runs.
     limit_train_batches: int | float = Field(1.0, gt=0)
     limit_val_batches: int | float = Field(1.0, gt=0)  # quick runs: a few val batches
+    # Speed (benchmarks/README.md has the measurements): NHWC memory format for the convolutions,
+    # torch.compile of the network (pays a compile of tens of seconds up front), and torch's
+    # CPU threads (null: one per core; 1 is faster for small networks on a busy small machine).
+    channels_last: bool = False
+    compile: bool = False
+    threads: int | None = Field(None, ge=1)
 
 
 class NvaeOptimParams(Section):

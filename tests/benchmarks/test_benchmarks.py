@@ -177,12 +177,14 @@ def test_time_to_dice(
 ) -> None:
     data = prepared(tmp_path / "acdc")
     argv = ["--time-to-dice", "0.0", "--data", str(data), "--max-epochs", "2", *params]
+    argv.append("--channels-last")  # reaches the trainer as a stage's params would
     payload = scripts["bench_models"].main([*argv, "--json", str(tmp_path / "ttd.json")])
     text = capsys.readouterr().out
     summary = payload["time to Dice"][0]
     assert summary["reached"] and summary["epochs_to_target"] == 1 and summary["epochs"] == 1
     assert summary["seconds_to_target"] > 0 and summary["train_slices_per_s"] > 0
     assert payload["settings"]["train_slices"] == 12 and payload["settings"]["batch_size"] == 4
+    assert payload["settings"]["channels_last"] is True
     assert list(table_rows(text, "epochs")) == ["1"]
     assert json.loads((tmp_path / "ttd.json").read_text())["epochs"][0]["epoch"] == 1
 

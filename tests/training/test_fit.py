@@ -124,3 +124,71 @@ def test_predict_returns_label_maps_in_input_order() -> None:
     with torch.no_grad():
         expected = module(images).argmax(dim=1).to(torch.uint8)
     assert torch.equal(labels, expected)
+
+
+def _state_keys(path: Path) -> list[str]:
+    return sorted(torch.load(path, weights_only=False)["state_dict"])
+
+
+def test_channels_last_and_threads_apply_and_checkpoints_keep_their_keys(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    module = _module()
+    try:
+        result = fit(
+            module,
+            _data(),
+            _params(max_epochs=1, channels_last=True, threads=1),
+            tmp_path,
+            monitor="val_dice_mean",
+        )
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    convs = [m.weight for m in module.net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert _state_keys(result.best_path) == sorted(_module().state_dict())
+
+
+def test_nvae_trains_in_channels_last(tmp_path: Path) -> None:
+    from seglab.config import NvaeParams
+    from seglab.training.nvae_module import NvaeModule
+
+    params = NvaeParams(
+        stem_channels=2,
+        preprocess_blocks=1,
+        groups_per_scale=(1, 1),
+        beta=(1.0, 1.0),
+        latent_channels=2,
+        kl_warmup_steps=0,
+    )
+    masks = torch.zeros(4, 4, 32, 32)
+    masks[:, 0] = 1.0
+    masks[:, 0, 8:24, 8:24], masks[:, 3, 8:24, 8:24] = 0.0, 1.0
+    data = TensorDataModule(
+        {"train": (masks, masks.argmax(1)), "val": (masks, masks.argmax(1))}, batch_size=2
+    )
+    module = NvaeModule(params, image_size=32)
+    result = fit(
+        module,
+        data,
+        _params(max_epochs=1, channels_last=True),
+        tmp_path,
+        monitor="val_loss",
+        mode="min",
+    )
+    assert result.best_path.is_file() and result.best_score is not None
+    assert torch.isfinite(torch.tensor(result.best_score))
+
+
+@pytest.mark.slow
+def test_compiled_network_trains_predicts_like_eager_and_saves_plain_keys(tmp_path: Path) -> None:
+    module = _module()
+    result = fit(
+        module, _data(), _params(max_epochs=1, compile=True), tmp_path, monitor="val_dice_mean"
+    )
+    assert _state_keys(result.best_path) == sorted(_module().state_dict())
+    eager = _module()
+    eager.load_state_dict(module.state_dict())
+    images = torch.rand(6, 1, 16, 16)
+    compiled = predict(module, images, _params(compile=True), batch_size=3)
+    assert torch.equal(compiled, predict(eager, images, _params(), batch_size=3))

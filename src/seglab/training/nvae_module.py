@@ -63,6 +63,11 @@ class NvaeModule(L.LightningModule):
         self.model = Nvae(self.params, image_size)
         self.spectral = SpectralRegularizer(self.model) if self.params.spectral_lambda > 0 else None
 
+    @property
+    def network(self) -> Nvae:
+        """The NVAE (what the trainer's ``channels_last`` and ``compile`` apply to)."""
+        return self.model
+
     def forward(self, x: Tensor, sample: bool = True) -> NvaeOutput:
         return self.model(x, sample=sample)
 

@@ -94,6 +94,11 @@ class SegmentationModule(L.LightningModule):
         )
         self._sums: dict[str, Tensor] = {}
 
+    @property
+    def network(self) -> nn.Module:
+        """The network (what the trainer's ``channels_last`` and ``compile`` apply to)."""
+        return self.net
+
     def forward(self, image: Tensor) -> Tensor:
         return self.net(image)
 
