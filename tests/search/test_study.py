@@ -174,7 +174,7 @@ def test_pruning_callback_and_pruned_trials(tmp_path: Path) -> None:
     study, objective, runs, _ = make(tmp_path, runner, n_trials=1, pruning=True)
     run_worker(study, objective, 1)
     (callback,) = seen[0]
-    assert type(callback).__name__ == "PyTorchLightningPruningCallback"
+    assert type(callback).__name__ == "LastEpochCompletes"
     assert callback.monitor == "val_dice_mean"
     trial = study.trials[0]
     assert trial.state == TrialState.PRUNED and trial.user_attrs["stopped"] == "pruner"

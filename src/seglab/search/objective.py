@@ -9,7 +9,8 @@ How a trial ends:
 
 * **complete**: the figures are finite; they are the trial's values and user attributes.
 * **pruned by the pruner**: the median pruner stopped it on its per-epoch ``val_dice_mean``
-  (Optuna's Lightning callback); its MLflow run ends FINISHED with ``trial.json`` saying so.
+  (Optuna's Lightning callback, never at the trial's last epoch: see
+  :mod:`seglab.search.pruning`); its MLflow run ends FINISHED with ``trial.json`` saying so.
 * **diverged**: the loss became NaN/infinite (the runner raises :class:`TrialDiverged` for the
   model's :class:`~seglab.models.nvae.KLDivergenceError`, the study's KL blow-up) or the figures
   are not finite. The trial is *pruned*, not failed, so the sampler learns to avoid the
@@ -112,9 +113,9 @@ class NvaeObjective:
         trial.set_user_attr(CHECKPOINT_ATTR, folder.name)
         callbacks: list[Callback] = []
         if self.pruning and len(self.objectives) == 1:
-            from optuna_integration import PyTorchLightningPruningCallback  # imports Lightning
+            from seglab.search.pruning import LastEpochCompletes  # imports Lightning
 
-            callbacks.append(PyTorchLightningPruningCallback(trial, monitor=PRUNE_MONITOR))
+            callbacks.append(LastEpochCompletes(trial, monitor=PRUNE_MONITOR))
         stopped: tuple[str, str] | None = None  # (diverged | pruner, reason)
         try:
             with self.open_run(trial.number, params, nvae) as run_id:
