@@ -184,3 +184,28 @@ def test_a_missing_dataset_is_one_line(
     err = capsys.readouterr().err.strip()
     assert err.endswith("prepared: the val split has no slices") and "\n" not in err
     assert not (project / "optuna.db").exists()  # refused before any study or run existed
+
+
+def test_study_name_ignores_speed_settings_and_follows_what_a_trial_measures(
+    project: Path,
+) -> None:
+    """Workers that differ only in speed settings (threads, channels-last, compile) share one
+    study; a different trial budget or per-trial NVAE override is a different study."""
+    from seglab.stages.search import make_plan
+
+    params = load_params(project / "params.yaml", CardiacParams)
+
+    def name(trainer: dict[str, Any], model: dict[str, Any] | None = None) -> str:
+        search = params.search.model_copy(
+            update={
+                "trainer": params.search.trainer.model_copy(update=trainer),
+                "model": model or {},
+            }
+        )
+        plan = make_plan(params.model_copy(update={"search": search}), search, project, None)
+        return plan.study_name
+
+    plain = name({})
+    assert name({"threads": 1, "channels_last": True, "compile": True}) == plain
+    assert name({"limit_train_batches": 2}) != plain
+    assert name({}, {"kl_warmup_steps": 7}) != plain

@@ -148,6 +148,11 @@ class Plan:
         return self.root / self.search.work / self.study_name
 
 
+#: Trainer settings that change how fast a trial runs, not what it measures: workers that differ
+#: only in these (a GPU worker compiling, a CPU worker with one thread) share a study.
+SPEED_ONLY = {"threads", "channels_last", "compile"}
+
+
 def _fingerprint(search: SearchParams, base: NvaeParams, trainer: TrainerParams, md5: str) -> str:
     """What a trial's figure depends on: a study keeps its name only while these are equal."""
     payload = {
@@ -157,7 +162,7 @@ def _fingerprint(search: SearchParams, base: NvaeParams, trainer: TrainerParams,
         "space": (search.grid if search.sampler == "grid" else search.space).model_dump(),
         "pruner": [search.pruning, search.pruner_startup_trials, search.pruner_warmup_epochs],
         "nvae": base.model_dump(mode="json"),
-        "trainer": trainer.model_dump(mode="json"),
+        "trainer": trainer.model_dump(mode="json", exclude=SPEED_ONLY),
         "data": md5,
     }
     text = json.dumps(payload, sort_keys=True, default=str)
