@@ -104,6 +104,9 @@ def test_reconstruct_is_the_posterior_mean() -> None:
     assert labels.shape == (5, SIZE, SIZE) and labels.dtype == np.uint8
     expected = model(x, sample=False).logits.argmax(1).numpy()
     np.testing.assert_array_equal(labels, expected)
+    # the CPU's default batch (8) and channels-last weights give the same maps
+    model.to(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(reconstruct(model, x), expected)
 
 
 def test_generate_is_seeded_and_leaves_the_global_rng() -> None:

@@ -211,3 +211,19 @@ def test_multi_objective_front_and_figures(tmp_path: Path) -> None:
     for figure in figures.values():
         figure.savefig(tmp_path / "f.png")
         assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_resumed_study_does_not_replay_its_random_start(tmp_path: Path, sampler: str) -> None:
+    """Each resumption draws from its own seed: the start-up points are not repeated (with one
+    seed, trials 4-6 were trials 1-3 again), and a fresh study stays reproducible."""
+    study, objective, _, _ = make(tmp_path, good_runner, sampler=sampler, n_trials=4)
+    run_worker(study, objective, 4)
+    again, objective, _, _ = make(tmp_path, good_runner, sampler=sampler, n_trials=7)
+    run_worker(again, objective, 7)
+    drawn = [tuple(sorted(t.params.items())) for t in again.trials]
+    assert len(drawn) == 7 and len(set(drawn)) == 7
+
+    twin, objective, _, _ = make(tmp_path / "twin", good_runner, sampler=sampler, n_trials=4)
+    run_worker(twin, objective, 4)
+    assert [t.params for t in twin.trials] == [t.params for t in study.trials][:4]

@@ -31,16 +31,18 @@ def correct(
     model: Nvae | NvaeModule,
     labels: np.ndarray,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """uint8 ``[N, H, W]`` corrected maps from ``[N, H, W]`` maps (a 4-channel corrector) or
     ``[N, 3, H, W]`` 3-gram stacks (previous, current, next; a 12-channel corrector).
 
-    One-hot encoding happens per batch, so a large 3-gram set never exists as floats."""
+    One-hot encoding happens per chunk, so a large 3-gram set never exists as floats;
+    ``batch_size`` null: :func:`~seglab.evaluation.nvae_report.default_batch`."""
+    chunk = 256
     parts = [
-        reconstruct(model, onehot(labels[i : i + batch_size]), device=device)
-        for i in range(0, len(labels), batch_size)
+        reconstruct(model, onehot(labels[i : i + chunk]), batch_size=batch_size, device=device)
+        for i in range(0, len(labels), chunk)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, *labels.shape[-2:]), np.uint8)
 
@@ -67,7 +69,7 @@ def plausibility(
     nvae: Nvae | NvaeModule,
     labels: np.ndarray,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Per slice in [0, 1]: agreement of each map with its reconstruction by the NVAE trained on

@@ -32,6 +32,7 @@ from seglab.metrics.anatomy import check_slices
 from seglab.metrics.labels import NUM_LABELS, RV, STRUCTURE_LABELS, STRUCTURES
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.nvae import Nvae
+from seglab.training.fit import default_eval_batch
 from seglab.training.nvae_module import NvaeModule
 
 #: The figures' colours: background black, RV blue, MYO green, LV red (label order 0..3).
@@ -73,12 +74,13 @@ def reconstruct(
     model: Nvae | NvaeModule,
     inputs: Tensor,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """uint8 ``[N, H, W]`` argmax labels decoded from the posterior means, in batches."""
     net = _network(model)
     dev, was_training = _device(net, device), net.training
+    batch_size = batch_size or default_eval_batch(dev)
     net.to(dev).eval()
     try:
         parts = [
@@ -98,12 +100,13 @@ def generate(
     *,
     temperature: float = 1.0,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """uint8 ``[n, H, W]`` masks decoded from the prior, seeded (the global RNG is untouched)."""
     net = _network(model)
     dev, was_training = _device(net, device), net.training
+    batch_size = batch_size or default_eval_batch(dev)
     net.to(dev).eval()
     fork = [dev.index or 0] if dev.type == "cuda" else []
     try:
@@ -128,7 +131,7 @@ def evaluate_nvae(
     samples: int = 0,
     temperature: float = 1.0,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Reconstruction and (with ``samples`` > 0) generation figures of ``model``.

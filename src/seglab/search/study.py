@@ -64,10 +64,18 @@ def budget(search: SearchParams, space: SearchSpace) -> int:
     return search.n_trials
 
 
-def make_sampler(search: SearchParams, space: SearchSpace, worker: int = 0) -> BaseSampler:
-    """The sampler of worker ``worker``: seeded with ``seed + worker`` so that parallel
-    workers draw different points (the same seed everywhere would repeat the same trials)."""
-    seed = search.seed + worker
+#: Seed distance between resumptions of a study (far beyond any number of workers).
+RESUME_STRIDE = 1_000_003
+
+
+def make_sampler(
+    search: SearchParams, space: SearchSpace, worker: int = 0, existing: int = 0
+) -> BaseSampler:
+    """The sampler of worker ``worker`` joining a study of ``existing`` trials: seeded with
+    ``seed + worker`` (+ a stride per existing trial), so that parallel workers draw different
+    points and a resumed study does not replay the random start-up points it already has (the
+    same seed would repeat the same trials). A fresh study's draws stay reproducible."""
+    seed = search.seed + worker + RESUME_STRIDE * existing
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         if search.sampler == "grid":
@@ -110,6 +118,8 @@ def open_study(
         )
         created = True
     except optuna.exceptions.DuplicatedStudyError:
+        existing = len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
+        sampler = make_sampler(search, space, worker, existing)
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         created = False
     recorded = study.user_attrs.get(OBJECTIVES_ATTR)

@@ -49,6 +49,7 @@ from seglab.models.nvae import Nvae
 from seglab.stages.nvae import CHECKPOINT, load_nvae
 from seglab.tracking.registry import load_model, resolve_version
 from seglab.tracking.runs import resolve_uri
+from seglab.training.fit import default_eval_batch
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -83,8 +84,10 @@ class Corrector:
     image_size: int
     name: str  # what was loaded, for the summary
 
-    def __call__(self, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """uint8 ``[N, H, W]`` corrected maps from ``[N, H, W]`` maps or ``[N, 3, H, W]``."""
+    def __call__(self, inputs: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """uint8 ``[N, H, W]`` corrected maps from ``[N, H, W]`` maps or ``[N, 3, H, W]`` (on the
+        CPU; ``batch_size`` null: the CPU's default inference batch)."""
+        batch_size = batch_size or default_eval_batch(torch.device("cpu"))
         if isinstance(self.net, Nvae):
             return correct(self.net, inputs, batch_size=batch_size)
         with torch.no_grad():

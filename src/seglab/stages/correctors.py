@@ -44,7 +44,6 @@ from seglab.models.segmenters import parameter_count, weights_mb
 from seglab.stages.nvae import (
     CHECKPOINT,
     NvaeReconstructor,
-    eval_device,
     load_nvae,
     nvae_tensors,
     run_name,
@@ -54,7 +53,7 @@ from seglab.stages.nvae import (
 from seglab.tracking import configure, dvc_hash, log_dict, log_figure, log_metrics, tracked_run
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
-from seglab.training.fit import export_checkpoint
+from seglab.training.fit import apply_speedups, eval_device, export_checkpoint
 
 EXPERIMENT = "acdc-correctors"
 REGISTERED: dict[str, str] = {"nvae": "acdc-nvae-corrector", "context": "acdc-nvae-context"}
@@ -146,14 +145,15 @@ def train_corrector(
             log_dict({"error": str(exc), "step": exc.step, "terms": exc.terms}, "divergence.json")
             raise
         test = splits["test"]
-        device = eval_device(variant_cfg.trainer)
+        device, batch = eval_device(variant_cfg.trainer), variant_cfg.trainer.eval_batch_size
         stored = test.extra[SOURCES[variant][1]]
         before = _current(test, variant)
-        after = correct(fitted.module, stored, device=device)
+        after = correct(fitted.module, stored, batch_size=batch, device=device)
         spacing = test.spacing
         valid_before = check_slices(before, spacing).valid
         valid_after = check_slices(after, spacing).valid
-        plausible = plausibility(gt_nvae, before, device=device)
+        apply_speedups(gt_nvae, variant_cfg.trainer.channels_last, compile=False)
+        plausible = plausibility(gt_nvae, before, batch_size=batch, device=device)
         gated = gate(before, after, valid_before, valid_after, plausible, cfg.gate)
         gt = test.label
         figures = {

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from seglab.config import BrainParams, LggArchsParams, TrainerParams, split_arch_name
+from seglab.config import BrainParams, LggArchsParams, split_arch_name
 from seglab.data.splits import SPLITS
 from seglab.data.store import SliceSet, load_split
 from seglab.errors import ConfigError, DataError, SeglabError
@@ -55,7 +55,13 @@ from seglab.tracking import configure, dvc_hash, log_artifact, log_figure, log_m
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import evaluation_tags
 from seglab.training.datamodule import TensorDataModule
-from seglab.training.fit import export_checkpoint, fit, resolve_precision
+from seglab.training.fit import (
+    default_eval_batch,
+    eval_device,
+    export_checkpoint,
+    fit,
+    resolve_precision,
+)
 from seglab.training.segmentation_module import SegmentationModule
 
 EXPERIMENT = "lgg-architectures"
@@ -185,12 +191,6 @@ def _fingerprint(params: LggArchsParams, name: str, data_md5: str, weights_sha: 
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _device(trainer: TrainerParams) -> torch.device:
-    """Where the test predictions run: the GPU when training may use one and there is one."""
-    gpu = trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return torch.device("cuda" if gpu else "cpu")
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -270,11 +270,11 @@ def train_lgg(
         )
         best = load_lgg_model(fitted.best_path)
         test = splits["test"]
-        device = _device(trainer)
+        device = eval_device(trainer)
         pred, speed = predict_timed(
             best.net,
             tensors["test"][0],
-            batch_size=max(trainer.batch_size, 64),
+            batch_size=trainer.eval_batch_size or default_eval_batch(device),
             device=device,
             autocast=_AUTOCAST.get(settings["precision"]) if device.type == "cuda" else None,
         )

@@ -75,7 +75,13 @@ from seglab.tracking import (
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
 from seglab.training.datamodule import TensorDataModule
-from seglab.training.fit import RunLogger, export_checkpoint, make_trainer
+from seglab.training.fit import (
+    RunLogger,
+    apply_speedups,
+    eval_device,
+    export_checkpoint,
+    make_trainer,
+)
 from seglab.training.nvae_module import MONITOR, NvaeModule, val_loss_checkpoint
 
 EXPERIMENT = "acdc-nvae"
@@ -276,6 +282,7 @@ def train_nvae_model(
     seconds = time.perf_counter() - start
     best_path = Path(checkpoint.best_model_path)
     best = NvaeModule.load_from_checkpoint(best_path, map_location="cpu").eval()
+    apply_speedups(best, trainer.channels_last, compile=False)  # evaluation runs in its format
     score = checkpoint.best_model_score
     return NvaeFit(
         module=best,
@@ -325,12 +332,6 @@ def work_dir(params: NvaeStageParams, root: Path, data_md5: str, source: Source 
 def run_name(model: NvaeParams) -> str:
     """``nvae-stem4-beta8-10-11``: the two settings the study compared runs by."""
     return f"nvae-stem{model.stem_channels}-beta{'-'.join(f'{b:g}' for b in model.beta)}"
-
-
-def eval_device(trainer: TrainerParams) -> torch.device:
-    """The GPU when training may use one and there is one, else the CPU."""
-    gpu = trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return torch.device("cuda" if gpu else "cpu")
 
 
 def _write_curves(history: Sequence[Mapping[str, float]], target: Path) -> None:
@@ -423,6 +424,7 @@ def train_nvae(
             samples=cfg.samples,
             temperature=cfg.temperature,
             seed=cfg.trainer.seed,
+            batch_size=cfg.trainer.eval_batch_size,
             device=device,
         )
         net = fitted.module.model
@@ -431,7 +433,9 @@ def train_nvae(
         log_metrics(
             {**{k: figures[k] for k in KEYS if k in figures}, **timings, **sizes},
         )
-        recon = reconstruct(fitted.module, inputs, device=device)
+        recon = reconstruct(
+            fitted.module, inputs, batch_size=cfg.trainer.eval_batch_size, device=device
+        )
         log_figure(
             reconstruction_figure(
                 input_labels(inputs), recon, captions=_captions(test), rows=cfg.figure_rows
@@ -444,6 +448,7 @@ def train_nvae(
             min(cfg.samples, 4 * cfg.figure_rows),
             temperature=cfg.temperature,
             seed=cfg.trainer.seed,
+            batch_size=cfg.trainer.eval_batch_size,
             device=device,
         )
         log_figure(samples_figure(samples, spacing, count=4 * cfg.figure_rows), "plots/samples.png")

@@ -242,8 +242,9 @@ def work(plan: Plan, worker: int = 0) -> int:
 
     from seglab.evaluation.nvae_report import KEYS, evaluate_nvae
     from seglab.models.nvae import KLDivergenceError
-    from seglab.stages.nvae import eval_device, nvae_tensors, train_nvae_model
+    from seglab.stages.nvae import nvae_tensors, train_nvae_model
     from seglab.tracking.registry import evaluation_tags
+    from seglab.training.fit import eval_device
 
     if plan.threads is not None:
         torch.set_num_threads(plan.threads)
@@ -272,7 +273,11 @@ def work(plan: Plan, worker: int = 0) -> int:
             log_dict({"error": str(exc), "step": exc.step, "terms": exc.terms}, "divergence.json")
             raise TrialDiverged(str(exc)) from exc
         figures = evaluate_nvae(
-            fitted.module, *data["val"], val.spacing, device=eval_device(trainer)
+            fitted.module,
+            *data["val"],
+            val.spacing,
+            batch_size=trainer.eval_batch_size,
+            device=eval_device(trainer),
         )
         metrics = {k: float(figures[k]) for k in KEYS if k in figures}
         timings = {**fitted.timings(), "epochs": float(fitted.epochs)}
@@ -502,11 +507,13 @@ def _register_best(
         }
     from seglab.evaluation.nvae_report import KEYS, evaluate_nvae
     from seglab.models.segmenters import parameter_count, weights_mb
-    from seglab.stages.nvae import NvaeReconstructor, eval_device, load_nvae, nvae_tensors
+    from seglab.stages.nvae import NvaeReconstructor, load_nvae, nvae_tensors
     from seglab.tracking.models import log_and_register
     from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
+    from seglab.training.fit import apply_speedups, eval_device
 
     module = load_nvae(checkpoint)
+    apply_speedups(module, plan.trainer.channels_last, compile=False)
     test = _load(plan, ("test",))["test"]
     inputs, targets = nvae_tensors(test, plan.target.source)
     cfg = plan.params.nvae
@@ -531,6 +538,7 @@ def _register_best(
             samples=cfg.samples,
             temperature=cfg.temperature,
             seed=plan.trainer.seed,
+            batch_size=plan.trainer.eval_batch_size,
             device=eval_device(plan.trainer),
         )
         net = module.model

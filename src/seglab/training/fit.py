@@ -83,6 +83,20 @@ class Speedups(Callback):
             apply_speedups(pl_module, self.channels_last, self.compile)
 
 
+def eval_device(params: TrainerParams) -> torch.device:
+    """Where evaluation outside Lightning runs: the GPU when training may use one and there is
+    one, else the CPU."""
+    gpu = params.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return torch.device("cuda" if gpu else "cpu")
+
+
+def default_eval_batch(device: torch.device) -> int:
+    """The inference batch when the params give none: 8 on a CPU, where small batches stay in
+    its caches (benchmarks/README.md: 2-3x the slices/s of 64 for the NVAE, Attention UNet and
+    SwinUNETR), 64 on a GPU."""
+    return 8 if device.type == "cpu" else 64
+
+
 def make_trainer(
     params: TrainerParams,
     *,
