@@ -227,3 +227,24 @@ def test_a_resumed_study_does_not_replay_its_random_start(tmp_path: Path, sample
     twin, objective, _, _ = make(tmp_path / "twin", good_runner, sampler=sampler, n_trials=4)
     run_worker(twin, objective, 4)
     assert [t.params for t in twin.trials] == [t.params for t in study.trials][:4]
+
+
+def test_a_point_already_measured_is_not_trained_again(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def runner(
+        nvae: NvaeParams, folder: Path, callbacks: Sequence[Any], run_id: str | None
+    ) -> TrialResult:
+        calls.append(1)
+        return good_runner(nvae, folder, callbacks, run_id)
+
+    study, objective, runs, _ = make(tmp_path, runner, n_trials=3, enqueue={})
+    point = {"beta_0": 3, "beta_1": 4, "beta_2": 5, "stem_channels": 8}
+    for _ in range(2):
+        study.enqueue_trial(point, skip_if_exists=False)
+    run_worker(study, objective, 3)
+    first, twin, fresh = study.trials
+    assert first.params == twin.params == point and fresh.params != point
+    assert len(calls) == 2 and runs.opened == [0, 2]  # the twin trained nothing, opened no run
+    assert twin.values == first.values and twin.user_attrs["duplicate_of"] == 0
+    assert twin.user_attrs["checkpoint"] == first.user_attrs["checkpoint"]

@@ -18,6 +18,9 @@ How a trial ends:
   the step and KL terms); its MLflow run ends FAILED with ``trial.json`` holding the reason. The
   study carries on.
 * **budget taken**: see :func:`~seglab.search.study.within_budget`; failed before training.
+* **already measured**: TPE can draw a point a complete trial already has (integer betas make it
+  likely); the trial takes that trial's figures without training (user attribute
+  ``duplicate_of``), since training is seeded and would only repeat them.
 * anything else (a bug, a missing file) fails the trial and stops the worker with the error.
 
 A retried trial (its first worker died) trains in the first attempt's checkpoint folder, so it
@@ -50,6 +53,7 @@ PRUNE_MONITOR = "val_dice_mean"
 RUN_ATTR = "mlflow_run_id"
 STOPPED_ATTR = "stopped"
 REASON_ATTR = "reason"
+DUPLICATE_ATTR = "duplicate_of"
 CHECKPOINT_ATTR = "checkpoint_dir"  # the trial's folder (a retry shares its first attempt's)
 CHECKPOINT_FILE_ATTR = "checkpoint"  # the best epoch's file, as a path on the worker's machine
 
@@ -104,6 +108,12 @@ class NvaeObjective:
             trial.set_user_attr(REASON_ATTR, reason)
             raise BudgetTaken(reason)
         params = self.space.suggest(trial)
+        twin = _measured(trial)
+        if twin is not None:
+            for key, value in twin.user_attrs.items():
+                trial.set_user_attr(key, value)
+            trial.set_user_attr(DUPLICATE_ATTR, twin.number)
+            return twin.values[0] if len(twin.values) == 1 else tuple(twin.values)
         nvae = self.space.apply(self.base, params)
         frozen = trial.study._storage.get_trial(trial._trial_id)
         with warnings.catch_warnings():
@@ -152,3 +162,9 @@ class NvaeObjective:
             if isinstance(value, int | float):
                 trial.set_user_attr(key, float(value))
         return values[0] if len(values) == 1 else tuple(values)
+
+
+def _measured(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """A complete trial of the same study with exactly this trial's parameters, if any."""
+    done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return next((t for t in done if t.params == trial.params), None)

@@ -45,6 +45,7 @@ from seglab.errors import SeglabError
 from seglab.io import atomic_dir, atomic_file, write_json
 from seglab.search.objective import (
     CHECKPOINT_FILE_ATTR,
+    DUPLICATE_ATTR,
     REASON_ATTR,
     RUN_ATTR,
     STOPPED_ATTR,
@@ -482,6 +483,11 @@ def _summary(
         "best": entry(best) if best is not None else None,
         "pareto_front": [entry(t) for t in pareto_front(study)] if len(names) > 1 else None,
         "pruned": stopped,
+        "duplicates": {
+            str(t.number): t.user_attrs[DUPLICATE_ATTR]
+            for t in study.get_trials(deepcopy=False)
+            if DUPLICATE_ATTR in t.user_attrs
+        },
         "registered": registered,
         "figures_skipped": dict(skipped),
         "mlflow_parent_run_id": plan.parent_run_id,
