@@ -19,6 +19,7 @@ from seglab.data.store import SliceSet, save_split
 from seglab.models.nvae import KLDivergenceError
 from seglab.search.storage import open_storage
 from seglab.stages import nvae as nvae_stage
+from seglab.stages.search import make_plan
 
 SIZE = 64
 
@@ -191,8 +192,6 @@ def test_study_name_ignores_speed_settings_and_follows_what_a_trial_measures(
 ) -> None:
     """Workers that differ only in speed settings (threads, channels-last, compile) share one
     study; a different trial budget or per-trial NVAE override is a different study."""
-    from seglab.stages.search import make_plan
-
     params = load_params(project / "params.yaml", CardiacParams)
 
     def name(trainer: dict[str, Any], model: dict[str, Any] | None = None) -> str:

@@ -10,10 +10,11 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
-from seglab.config import SegmenterNetsParams, TrainerParams, UNetParams
+from seglab.config import NvaeParams, SegmenterNetsParams, TrainerParams, UNetParams
 from seglab.models.segmenters import build_segmenter
 from seglab.training.datamodule import TensorDataModule
 from seglab.training.fit import fit, predict, resolve_precision
+from seglab.training.nvae_module import NvaeModule
 from seglab.training.segmentation_module import SegmentationModule
 
 NETS = SegmenterNetsParams(unet=UNetParams(channels=(4, 8)))
@@ -150,9 +151,6 @@ def test_channels_last_and_threads_apply_and_checkpoints_keep_their_keys(tmp_pat
 
 
 def test_nvae_trains_in_channels_last(tmp_path: Path) -> None:
-    from seglab.config import NvaeParams
-    from seglab.training.nvae_module import NvaeModule
-
     params = NvaeParams(
         stem_channels=2,
         preprocess_blocks=1,
