@@ -38,7 +38,7 @@ def correct(
     ``[N, 3, H, W]`` 3-gram stacks (previous, current, next; a 12-channel corrector).
 
     One-hot encoding happens per chunk, so a large 3-gram set never exists as floats;
-    ``batch_size`` null: :func:`~seglab.evaluation.nvae_report.default_batch`."""
+    ``batch_size`` null: :func:`~seglab.training.fit.default_eval_batch` for the device."""
     chunk = 256
     parts = [
         reconstruct(model, onehot(labels[i : i + chunk]), batch_size=batch_size, device=device)

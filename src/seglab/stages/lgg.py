@@ -56,10 +56,10 @@ from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import evaluation_tags
 from seglab.training.datamodule import TensorDataModule
 from seglab.training.fit import (
-    default_eval_batch,
     eval_device,
     export_checkpoint,
     fit,
+    inference_batch,
     resolve_precision,
 )
 from seglab.training.segmentation_module import SegmentationModule
@@ -274,7 +274,7 @@ def train_lgg(
         pred, speed = predict_timed(
             best.net,
             tensors["test"][0],
-            batch_size=trainer.eval_batch_size or default_eval_batch(device),
+            batch_size=inference_batch(trainer),
             device=device,
             autocast=_AUTOCAST.get(settings["precision"]) if device.type == "cuda" else None,
         )

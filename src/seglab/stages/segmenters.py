@@ -54,7 +54,7 @@ from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, tracke
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import evaluation_tags
 from seglab.training.datamodule import TensorDataModule
-from seglab.training.fit import default_eval_batch, eval_device, export_checkpoint, fit, predict
+from seglab.training.fit import export_checkpoint, fit, inference_batch, predict
 from seglab.training.segmentation_module import SegmentationModule
 
 EXPERIMENT = "acdc-segmenters"
@@ -152,7 +152,7 @@ def predict_labels(
     """uint8 [N, H, W] predicted label maps of every slice (argmax of the logits)."""
     if len(slices) == 0:
         return np.zeros(slices.label.shape, dtype=np.uint8)
-    batch = trainer.eval_batch_size or default_eval_batch(eval_device(trainer))
+    batch = inference_batch(trainer)
     return predict(module, image_tensor(slices), trainer, batch).numpy().astype(np.uint8)
 
 

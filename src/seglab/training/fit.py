@@ -97,6 +97,11 @@ def default_eval_batch(device: torch.device) -> int:
     return 8 if device.type == "cpu" else 64
 
 
+def inference_batch(params: TrainerParams) -> int:
+    """The params' ``eval_batch_size``, or the default for the device evaluation runs on."""
+    return params.eval_batch_size or default_eval_batch(eval_device(params))
+
+
 def make_trainer(
     params: TrainerParams,
     *,
