@@ -239,10 +239,20 @@ class SegmenterNetsParams(Section):
 
 
 class SegmenterTrainParams(Section):
-    """How every segmenter is trained: MONAI Dice + cross-entropy, Adam at 1e-3 (the study's)."""
+    """How every segmenter is trained: MONAI Dice + cross-entropy, Adam at 1e-3 (the study's).
+
+    ``optimizer``, ``weight_decay``, ``schedule`` and ``warmup_epochs`` set the recipe: the
+    study's constant-rate Adam by default; ``adamw`` with a linear warm-up and a ``cosine`` or
+    ``poly`` (nnU-Net's, exponent 0.9) decay to zero over ``max_epochs`` reaches a given Dice in
+    far fewer epochs (benchmarks/README.md, time to Dice).
+    """
 
     lr: float = Field(1e-3, gt=0)
     loss: Literal["dice_ce", "dice", "ce"] = "dice_ce"
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "poly"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0)
     augment: AugmentParams = AugmentParams()
     trainer: TrainerParams = TrainerParams()
 
@@ -256,12 +266,25 @@ class SegmentersParams(Section):
     work: str = "data/work/segmenters"  # last.ckpt of an unfinished training, to resume it
     nets: SegmenterNetsParams = SegmenterNetsParams()
     train: SegmenterTrainParams = SegmenterTrainParams()
+    # Per-architecture overrides of ``train`` (same keys, merged onto it): an epoch budget or a
+    # memory format that suits one network, e.g. ``swinunetr: {trainer: {max_epochs: 24}}``.
+    arch_train: dict[SegmenterArch, dict[str, Any]] = {}
 
     @model_validator(mode="after")
     def _unique_archs(self) -> SegmentersParams:
         if len(set(self.archs)) != len(self.archs):
             raise ValueError(f"archs lists an architecture twice: {list(self.archs)}")
+        for arch in self.arch_train:
+            self.train_for(arch)  # an unknown or invalid override fails here, with its path
         return self
+
+    def train_for(self, arch: str) -> SegmenterTrainParams:
+        """``train`` with ``arch_train[arch]`` merged onto it."""
+        override = self.arch_train.get(arch)  # type: ignore[call-overload]
+        if not override:
+            return self.train
+        merged = _merge(self.train.model_dump(mode="json"), override)
+        return SegmenterTrainParams.model_validate(merged)
 
 
 class AcdcSegParams(Section):

@@ -53,7 +53,7 @@ def build_acdcseg(params: CardiacParams, *, root: Path = Path(".")) -> str:
                 pred, fold = crossfit
                 rows[split].append(acdcseg_rows(splits[split], pred, arch, fold))
                 continue
-            pred = predict_labels(module, splits[split], seg.train.trainer)
+            pred = predict_labels(module, splits[split], seg.train_for(arch).trainer)
             rows[split].append(acdcseg_rows(splits[split], pred, arch))
     out = root / params.acdcseg.out
     counts: dict[str, int] = {}

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import time
 import zipfile
@@ -41,7 +40,6 @@ from typing import Any, Literal
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from torch import Tensor, nn
@@ -60,7 +58,7 @@ from seglab.evaluation.nvae_report import (
     reconstruction_figure,
     samples_figure,
 )
-from seglab.io import atomic_file, write_json
+from seglab.io import write_json
 from seglab.models.nvae import KLDivergenceError, Nvae
 from seglab.models.segmenters import parameter_count, weights_mb
 from seglab.tracking import (
@@ -82,6 +80,7 @@ from seglab.training.fit import (
     export_checkpoint,
     make_trainer,
 )
+from seglab.training.history import EpochHistory, write_curves
 from seglab.training.nvae_module import MONITOR, NvaeModule, val_loss_checkpoint
 
 EXPERIMENT = "acdc-nvae"
@@ -128,60 +127,6 @@ class NvaeReconstructor(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.nvae(x, sample=False).logits
-
-
-class EpochHistory(Callback):
-    """One row per validation epoch: ``epoch`` (0-based), ``step``, ``seconds`` (wall time since
-    the training started, across resumes), the mean training loss and every ``val_*`` figure.
-
-    The rows travel in the checkpoints, so a resumed training keeps its history and clock.
-    """
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-        self._start = 0.0
-        self._offset = 0.0
-        self._loss = 0.0
-        self._batches = 0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._offset = self.rows[-1]["seconds"] if self.rows else 0.0
-        self._start = time.perf_counter()
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._loss, self._batches = 0.0, 0
-
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
-        self._loss += float(loss.detach())
-        self._batches += 1
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        figures = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
-        self.rows.append(
-            {
-                "epoch": trainer.current_epoch,
-                "step": trainer.global_step,
-                "seconds": self._offset + time.perf_counter() - self._start,
-                "train_loss": self._loss / self._batches if self._batches else math.nan,
-                **figures,
-            }
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.rows = [dict(row) for row in state_dict["rows"]]
 
 
 @dataclass(frozen=True)
@@ -334,11 +279,6 @@ def run_name(model: NvaeParams) -> str:
     return f"nvae-stem{model.stem_channels}-beta{'-'.join(f'{b:g}' for b in model.beta)}"
 
 
-def _write_curves(history: Sequence[Mapping[str, float]], target: Path) -> None:
-    with atomic_file(target) as tmp:
-        pd.DataFrame(list(history)).to_csv(tmp, index=False, float_format="%.6g")
-
-
 def _captions(slices: SliceSet) -> list[str]:
     meta = slices.meta
     return [
@@ -453,7 +393,7 @@ def train_nvae(
         )
         log_figure(samples_figure(samples, spacing, count=4 * cfg.figure_rows), "plots/samples.png")
         metrics_dir = root / cfg.metrics
-        _write_curves(fitted.history, metrics_dir / CURVES)
+        write_curves(fitted.history, metrics_dir / CURVES)
         log_artifact(metrics_dir / CURVES, "plots")
         model = cfg.model
         version = log_and_register(

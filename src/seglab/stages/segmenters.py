@@ -16,7 +16,9 @@ study's choice).
 
 Outputs: ``<models>/<arch>.ckpt`` (the best epoch: weights and hyper-parameters),
 ``<models>/<arch>.crossfit.npz`` (out-of-fold label maps), ``<metrics>/<arch>.json`` and
-``<metrics>/<arch>.crossfit.json``. One process does both so the pipeline pays the imports once
+``<metrics>/<arch>.crossfit.json``, and ``<metrics>/<arch>.curves.csv`` (the final model's
+validation figures and wall time per epoch: DVC plots and the time-to-Dice comparison). One
+process does both so the pipeline pays the imports once
 per architecture (tens of seconds on a small CPU).
 
 An interrupted training resumes from its ``last.ckpt`` in ``segmenters.work``, in a folder named
@@ -54,7 +56,8 @@ from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, tracke
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import evaluation_tags
 from seglab.training.datamodule import TensorDataModule
-from seglab.training.fit import export_checkpoint, fit, inference_batch, predict
+from seglab.training.fit import FitResult, export_checkpoint, fit, inference_batch, predict
+from seglab.training.history import write_curves
 from seglab.training.segmentation_module import SegmentationModule
 
 EXPERIMENT = "acdc-segmenters"
@@ -76,6 +79,10 @@ def checkpoint_path(params: SegmentersParams, arch: str, root: Path) -> Path:
 
 def crossfit_path(params: SegmentersParams, arch: str, root: Path) -> Path:
     return Path(root) / params.models / f"{arch}.crossfit.npz"
+
+
+def curves_path(params: SegmentersParams, arch: str, root: Path) -> Path:
+    return Path(root) / params.metrics / f"{arch}.curves.csv"
 
 
 def _check_arch(params: SegmentersParams, arch: str) -> None:
@@ -112,14 +119,19 @@ def _tensors(slices: SliceSet) -> tuple[torch.Tensor, torch.Tensor]:
 def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
     """An untrained segmenter of ``arch`` in the shared training module."""
     net_params = getattr(params.nets, arch)
+    train = params.train_for(arch)
     return SegmentationModule(
         build_segmenter(arch, params.nets),
         NUM_LABELS,
-        lr=params.train.lr,
-        loss=params.train.loss,
+        lr=train.lr,
+        loss=train.loss,
+        optimizer=train.optimizer,
+        weight_decay=train.weight_decay,
+        schedule=train.schedule,
+        warmup_epochs=train.warmup_epochs,
         class_names=CLASS_NAMES,
         monitor=MONITOR,
-        augment=params.train.augment,
+        augment=train.augment,
         hparams={"arch": arch, "net_params": net_params.model_dump(mode="json")},
     )
 
@@ -196,7 +208,7 @@ def _fingerprint(params: SegmentersParams, arch: str, data_md5: str, role: str) 
     payload = {
         "arch": arch,
         "net": getattr(params.nets, arch).model_dump(mode="json"),
-        "train": params.train.model_dump(mode="json"),
+        "train": params.train_for(arch).model_dump(mode="json"),
         "data": data_md5,
         "role": role,
     }
@@ -208,7 +220,7 @@ def _run_params(params: CardiacParams, arch: str) -> dict[str, Any]:
         "arch": arch,
         "profile": params.profile,
         "net": getattr(params.segmenters.nets, arch),
-        "train": params.segmenters.train,
+        "train": params.segmenters.train_for(arch),
         "prepare": params.acdc.prepare,
     }
 
@@ -216,13 +228,12 @@ def _run_params(params: CardiacParams, arch: str) -> dict[str, Any]:
 def _train(
     module: SegmentationModule,
     splits: dict[str, SliceSet],
-    params: SegmentersParams,
+    trainer: TrainerParams,
     work: Path,
     run_id: str,
     tracking_uri: str,
-) -> tuple[SegmentationModule, float, int]:
-    """Fit on ``splits`` train/val; the best epoch's module, training seconds, epochs done."""
-    trainer = params.train.trainer
+) -> tuple[SegmentationModule, FitResult]:
+    """Fit on ``splits`` train/val; the best epoch's module and what the fit left."""
     data = TensorDataModule(
         {name: _tensors(splits[name]) for name in ("train", "val")},
         batch_size=trainer.batch_size,
@@ -239,7 +250,7 @@ def _train(
         tracking_uri=tracking_uri,
         log_every_n_steps=1,  # the module logs per epoch only; this just silences the warning
     )
-    return load_segmenter(result.best_path), result.train_seconds, result.epochs
+    return load_segmenter(result.best_path), result
 
 
 def sample_figure(slices: SliceSet, pred: np.ndarray, rows: int = 4) -> Figure:
@@ -305,9 +316,11 @@ def train_segmenter(
         run_id = run.info.run_id
         crossfit = _crossfit(params, arch, splits, work, uri, run_args) if folds > 1 else None
         final = work("final")
-        best, seconds, epochs = _train(new_module(arch, seg), splits, seg, final, run_id, uri)
+        trainer = seg.train_for(arch).trainer
+        best, fitted = _train(new_module(arch, seg), splits, trainer, final, run_id, uri)
+        seconds, epochs = fitted.train_seconds, fitted.epochs
         test = splits["test"]
-        pred = predict_labels(best, test, seg.train.trainer)
+        pred = predict_labels(best, test, trainer)
         figures = evaluate(pred, test)
         sizes = {
             "train_seconds": seconds,
@@ -324,6 +337,7 @@ def train_segmenter(
         )
         metrics = {**figures, **sizes, "epochs": epochs}
         export_checkpoint(final / "best.ckpt", checkpoint_path(seg, arch, root))
+        write_curves(fitted.history, curves_path(seg, arch, root))
         write_json(
             root / seg.metrics / f"{arch}.json",
             {
@@ -355,6 +369,7 @@ def _crossfit(
     the figures.
     """
     seg, folds, seed = params.segmenters, params.acdcseg.folds, params.acdcseg.seed
+    trainer = seg.train_for(arch).trainer
     train = splits["train"]
     assignment = patient_folds(train.meta, folds, seed)
     fold = train.meta["patient"].map(assignment).to_numpy().astype(np.int16)
@@ -381,10 +396,11 @@ def _crossfit(
                 **run_args,
             ) as run:
                 directory = work(f"fold{k}of{folds}-seed{seed}")
-                best, fold_seconds, _ = _train(
-                    new_module(arch, seg), part, seg, directory, run.info.run_id, uri
+                best, fold_fit = _train(
+                    new_module(arch, seg), part, trainer, directory, run.info.run_id, uri
                 )
-                pred[held] = predict_labels(best, _subset(train, held), seg.train.trainer)
+                fold_seconds = fold_fit.train_seconds
+                pred[held] = predict_labels(best, _subset(train, held), trainer)
                 log_metrics({"train_seconds": fold_seconds})
             seconds += fold_seconds
         figures = evaluate(pred, train)

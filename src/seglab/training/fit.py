@@ -8,6 +8,8 @@ into a Lightning ``Trainer``, keeps the best and last checkpoints, resumes, and 
   instead of starting over). The caller decides which folder may be resumed from.
 - Speed: ``channels_last``, ``compile`` (the module's ``network``, compiled in place so
   checkpoints keep their keys) and ``threads`` from the params, for fitting and predicting alike.
+- History: one row per validation epoch (:class:`~seglab.training.history.EpochHistory`: wall
+  time, training loss, every ``val_*`` figure), kept in the checkpoints across resumes.
 - Logging: metrics go to an MLflow run the caller opened (``run_id``, passed explicitly); the
   run belongs to the caller, so Lightning never ends it.
 """
@@ -28,6 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from seglab.config import TrainerParams
 from seglab.io import atomic_file
+from seglab.training.history import EpochHistory
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class FitResult:
     epochs: int  # epochs completed, counting those before a resume
     train_seconds: float  # wall time of this call's training (not of earlier, resumed runs)
     resumed_from: Path | None
+    history: tuple[dict[str, float], ...] = ()  # EpochHistory rows, across resumes
 
 
 class RunLogger(MLFlowLogger):
@@ -168,7 +172,8 @@ def fit(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks: list[Callback] = [checkpoint]
+    history = EpochHistory()
+    callbacks: list[Callback] = [checkpoint, history]
     if params.early_stopping_patience is not None:
         callbacks.append(
             EarlyStopping(monitor=monitor, mode=mode, patience=params.early_stopping_patience)
@@ -196,6 +201,7 @@ def fit(
         epochs=trainer.current_epoch,
         train_seconds=seconds,
         resumed_from=resumed_from,
+        history=tuple(history.rows),
     )
 
 

@@ -8,7 +8,8 @@ masks and segmentation-models-pytorch networks for the binary brain masks:
   in {0, 1}.
 
 Batches are ``(image [B, C, H, W], label)``. Loss: MONAI's Dice + cross-entropy (binary
-cross-entropy in sigmoid mode), or either term alone; Adam at ``lr``. Logged per epoch:
+cross-entropy in sigmoid mode), or either term alone; Adam (or AdamW) at ``lr``, constant or
+with a linear warm-up and a cosine or polynomial decay per optimiser step. Logged per epoch:
 ``train_loss``, ``val_loss``, ``val_accuracy`` (pixels) and, per foreground class, ``val_dice_<c>``
 and ``val_iou_<c>`` with ``val_dice_mean``/``val_iou_mean`` the mean of the class means
 (in sigmoid mode ``val_dice`` and ``val_iou``). A class absent from both the ground truth and the
@@ -18,6 +19,7 @@ prediction of a slice is left out of that class's mean; a false positive counts 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -32,6 +34,25 @@ from seglab.config import AugmentParams
 from seglab.training.augment import BatchAugment
 
 LossName = Literal["dice_ce", "dice", "ce"]
+OptimizerName = Literal["adam", "adamw"]
+ScheduleName = Literal["constant", "cosine", "poly"]
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: ScheduleName) -> float:
+    """The learning-rate multiplier at optimiser ``step`` of ``total``: a linear warm-up from
+    ``1 / warmup`` over ``warmup`` steps, then constant, cosine to 0 or poly (1 - t)^0.9 to 0.
+
+    >>> [round(lr_factor(s, 10, 2, "cosine"), 3) for s in (0, 1, 2, 6, 10)]
+    [0.5, 1.0, 1.0, 0.5, 0.0]
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return (1.0 - t) ** 0.9
 
 
 class SegmentationModule(L.LightningModule):
@@ -50,6 +71,10 @@ class SegmentationModule(L.LightningModule):
         *,
         lr: float = 1e-3,
         loss: LossName = "dice_ce",
+        optimizer: OptimizerName = "adam",
+        weight_decay: float = 0.0,
+        schedule: ScheduleName = "constant",
+        warmup_epochs: float = 0.0,
         class_names: Mapping[int, str] | None = None,
         monitor: str | None = None,
         augment: AugmentParams | Mapping[str, Any] | None = None,
@@ -61,6 +86,10 @@ class SegmentationModule(L.LightningModule):
         self.net = net
         self.num_classes = num_classes
         self.lr = lr
+        self.optimizer_name: OptimizerName = optimizer
+        self.weight_decay = weight_decay
+        self.schedule: ScheduleName = schedule
+        self.warmup_epochs = warmup_epochs
         foreground = [1] if num_classes == 1 else list(range(1, num_classes))
         names = dict(class_names or {})
         self.class_ids = foreground
@@ -76,6 +105,10 @@ class SegmentationModule(L.LightningModule):
                 "num_classes": num_classes,
                 "lr": lr,
                 "loss": loss,
+                "optimizer": optimizer,
+                "weight_decay": weight_decay,
+                "schedule": schedule,
+                "warmup_epochs": warmup_epochs,
                 "class_names": {i: n for i, n in zip(foreground, self.class_names, strict=True)},
                 "monitor": self.monitor,
                 "augment": augment_params.model_dump() if augment_params else None,
@@ -102,8 +135,22 @@ class SegmentationModule(L.LightningModule):
     def forward(self, image: Tensor) -> Tensor:
         return self.net(image)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+    def configure_optimizers(self) -> Any:
+        """The optimiser, and a per-step schedule unless it is constant without warm-up."""
+        kind = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
+        optimizer = kind(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.schedule == "constant" and self.warmup_epochs == 0:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        warmup = round(self.warmup_epochs * per_epoch)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total, warmup, self.schedule)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Augment training batches on the device they were moved to (never val/test/predict)."""
