@@ -7,7 +7,7 @@ with `dvc repro --single-item`, timing each; it prints a table and the total.
 
     uv run python benchmarks/bench_pipeline.py                    # quick profile, phantom data
     uv run python benchmarks/bench_pipeline.py --json bench.json --keep /tmp/clone
-    uv run python benchmarks/bench_pipeline.py --set profile=full  # any params override (-S)
+    uv run python benchmarks/bench_pipeline.py --set profile=full  # any params.yaml override
 
 The stages run with this environment's interpreter and installed `seglab` (an editable install
 points at this checkout's src/, so commit before measuring).
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import networkx as nx
+import yaml
 from dvc.repo import Repo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +42,25 @@ def stage_order(root: Path) -> list[str]:
         return [stage.addressing for stage in order if getattr(stage, "cmd", None)]
 
 
-def run_stage(root: Path, stage: str, overrides: list[str]) -> tuple[float, int]:
-    args = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+def set_params(root: Path, overrides: list[str]) -> None:
+    """Write ``key.path=value`` overrides (values in YAML) into the clone's params.yaml, as
+    ``dvc exp run -S`` would (``dvc repro`` takes no -S)."""
+    path = root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
     for item in overrides:
-        args += ["-S", item]
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item}: expected key.path=value")
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run_stage(root: Path, stage: str) -> tuple[float, int]:
+    args = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     start = time.perf_counter()
     done = subprocess.run(args, cwd=root, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
@@ -57,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", type=Path, help="clone into this folder and keep it")
-    parser.add_argument("--set", action="append", default=[], help="dvc -S override, repeatable")
+    parser.add_argument(
+        "--set", action="append", default=[], help="params.yaml override key=value, repeatable"
+    )
     args = parser.parse_args(argv)
 
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="seglab-bench-"))
@@ -65,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{workdir} is not empty")
     subprocess.run(["git", "clone", "-q", str(ROOT), str(workdir)], check=True)
     try:
+        set_params(workdir, args.set)
         stages = stage_order(workdir)
         rows: list[dict[str, object]] = []
         for stage in stages:
-            seconds, code = run_stage(workdir, stage, args.set)
+            seconds, code = run_stage(workdir, stage)
             rows.append({"stage": stage, "seconds": round(seconds, 1), "ok": code == 0})
             print(f"{stage:55s} {seconds:8.1f} s {'ok' if code == 0 else 'FAILED'}", flush=True)
             if code != 0:

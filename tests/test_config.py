@@ -4,8 +4,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from seglab.config import BrainParams, CardiacParams, NvaeParams, flatten, load_params
+from seglab.config import (
+    BrainParams,
+    CardiacParams,
+    NvaeParams,
+    SegmentersParams,
+    flatten,
+    load_params,
+)
 from seglab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,3 +151,20 @@ def test_search_model_overrides_every_trial_and_is_checked_at_load(tmp_path: Pat
     path.write_text("search:\n  model: {optim: {warmup: 20}}\n")
     with pytest.raises(ConfigError, match=r"search.model does not fit nvae.model \(optim.warmup"):
         load_params(path, CardiacParams)
+
+
+def test_arch_train_overrides_one_architecture_only() -> None:
+    seg = SegmentersParams.model_validate(
+        {
+            "train": {"lr": 2e-3},
+            "arch_train": {"swinunetr": {"lr": 1e-3, "trainer": {"max_epochs": 7}}},
+        }
+    )
+    assert seg.train_for("swinunetr").lr == 1e-3
+    assert seg.train_for("swinunetr").trainer.max_epochs == 7
+    assert seg.train_for("swinunetr").trainer.batch_size == seg.train.trainer.batch_size
+    assert seg.train_for("unet") == seg.train
+    with pytest.raises(ValidationError, match="max_epoch"):
+        SegmentersParams.model_validate({"arch_train": {"unet": {"trainer": {"max_epoch": 3}}}})
+    with pytest.raises(ValidationError, match="arch_train"):
+        SegmentersParams.model_validate({"arch_train": {"vnet": {"lr": 1.0}}})

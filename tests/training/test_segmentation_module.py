@@ -20,7 +20,7 @@ from seglab.config import (
 )
 from seglab.models.segmenters import ARCHS, build_segmenter
 from seglab.training.datamodule import TensorDataModule
-from seglab.training.segmentation_module import SegmentationModule
+from seglab.training.segmentation_module import SegmentationModule, lr_factor
 
 TINY = SegmenterNetsParams(
     unet=UNetParams(channels=(4, 8, 16)),
@@ -178,3 +178,31 @@ def test_checkpoint_round_trip_keeps_weights_and_settings(tmp_path) -> None:  # 
     assert loaded.augment is not None and loaded.augment.params.rotate_deg == 5.0
     for (name, a), b in zip(module.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "poly"])
+def test_warmup_then_decay_to_zero(schedule: str) -> None:
+    factors = [lr_factor(step, 100, 10, schedule) for step in range(101)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear warm-up
+    assert factors[10] == 1.0 and factors[100] == 0.0
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))  # decays
+    assert lr_factor(50, 100, 0, "constant") == 1.0
+
+
+def test_adamw_with_a_per_step_schedule_is_what_the_trainer_steps() -> None:
+    module = SegmentationModule(
+        build_segmenter("unet", TINY),
+        4,
+        lr=1e-2,
+        optimizer="adamw",
+        weight_decay=0.01,
+        schedule="cosine",
+        warmup_epochs=1.0,
+    )
+    trainer = _trainer(max_epochs=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=_data())  # 8 slices, batch 4: 2 steps per epoch
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.param_groups[0]["weight_decay"] == 0.01
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # decayed to zero
+    assert module.hparams["schedule"] == "cosine" and module.hparams["optimizer"] == "adamw"
