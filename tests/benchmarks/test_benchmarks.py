@@ -290,3 +290,43 @@ def test_table_and_metric_keys(scripts: dict[str, ModuleType]) -> None:
     assert common.row_metrics(rows, "name") == {"a_ b_c_.x": 1.5, "e.x": 1234.0}
     masks = common.heart_masks(16, SIZE)
     assert masks.shape == (16, SIZE, SIZE) and set(masks.unique().tolist()) == {0, 1, 2, 3}
+
+
+def test_time_to_dice_reads_the_stages_curves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(BENCHMARKS))
+        ttd = importlib.import_module("time_to_dice")
+    seconds = [10.0, 20.0, 60.0, 70.0]  # the third epoch ran on a busy machine
+    fast = pd.DataFrame(
+        {"epoch": range(4), "seconds": seconds, "val_dice_mean": [0.5, 0.86, 0.89, 0.88]}
+    )
+    slow = fast.assign(val_dice_mean=[0.3, 0.4, 0.5, 0.6])
+    fast.to_csv(tmp_path / "unet.curves.csv", index=False)
+    slow.to_csv(tmp_path / "slow.csv", index=False)
+    out, figures = tmp_path / "ttd.png", tmp_path / "ttd.json"
+    rows = ttd.main(
+        [
+            str(tmp_path / "unet.curves.csv"),
+            f"old={tmp_path / 'slow.csv'}",
+            "--targets",
+            "0.85",
+            "0.9",
+            "--out",
+            str(out),
+            "--json",
+            str(figures),
+        ]  # fmt: skip
+    )
+    assert set(rows) == {"unet", "old"} and out.stat().st_size > 0
+    unet = rows["unet"]
+    assert unet["best_val_dice"] == 0.89 and unet["best_epoch"] == 3 and unet["best_seconds"] == 60
+    assert unet["seconds_to_0.85"] == 20.0 and np.isnan(unet["seconds_to_0.9"])
+    assert unet["quiet_seconds_per_epoch"] == 10.0 and unet["quiet_total_seconds"] == 40.0
+    table = capsys.readouterr().out
+    assert "| unet | 4 |" in table and "| old | 4 |" in table
+    assert json.loads(figures.read_text())["unet"]["best_epoch"] == 3
+    (tmp_path / "bad.csv").write_text("epoch,loss\n0,1\n")
+    with pytest.raises(SystemExit, match="not a curves file"):
+        ttd.main([str(tmp_path / "bad.csv")])
