@@ -1,6 +1,7 @@
 """The 16 anatomical criteria: one constructed failure per criterion, a reference
-implementation written directly with scipy/skimage to check the fast batched one, and the
-real ACDC expert masks (nearly all valid)."""
+implementation written directly with scipy/skimage to check the fast batched one, the
+real ACDC expert masks (nearly all valid), and the same masks with a background gap opened
+between LV and myocardium (all invalid)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from seglab.metrics.anatomy import (
 )
 
 SIZE, C = 128, 64
+MYO_LABEL, LV_LABEL = 2, 3
 YY, XX = np.mgrid[:SIZE, :SIZE]
 ONE_MM = (1.0, 1.0)
 
@@ -97,15 +99,34 @@ def rv_at(gap_radius: int) -> np.ndarray:
     return lab
 
 
+def lv_spur(slit: bool) -> np.ndarray:
+    """An LV with a 1-pixel spur into the wall; with ``slit``, a 4-pixel background slit from
+    the spur's tip into the MYO, open to the outside only corner to corner: 4-connected, LV
+    and MYO enclose it (criterion 7), 8-connected it is outside background (no MYO hole),
+    and only the spur's tip touches it (no LV/background frontier)."""
+    lab = heart(rv=False)
+    lab[C, C - 12] = 3
+    if slit:
+        lab[C, C - 16 : C - 12] = 0
+        lab[C - 1, C - 17] = 0
+    return lab
+
+
 class Case(NamedTuple):
-    failing: np.ndarray  # fails exactly its criterion at fail_mm
+    failing: np.ndarray  # fails exactly its criterion (and ``also``) at fail_mm
     passing: np.ndarray  # a nearby mask that passes every criterion at pass_mm
     fail_mm: tuple[float, float] = ONE_MM
     pass_mm: tuple[float, float] = ONE_MM
+    also: tuple[str, ...] = ()  # criteria that cannot help failing with this one
 
 
 CASES: dict[str, Case] = {
-    "holes_in_lv": Case(edit(heart(), [(C, C)], 0), heart()),
+    # background enclosed in the LV also lies inside the ring and touches the LV
+    "holes_in_lv": Case(
+        edit(heart(), [(C, C)], 0),
+        heart(),
+        also=("holes_in_myo", "frontier_between_lv_and_background"),
+    ),
     "holes_in_rv": Case(edit(heart(), [(C, C + 26)], 0), heart()),
     # a background pixel inside the myocardial wall
     "holes_in_myo": Case(edit(heart(), [(C, C - 15)], 0), heart()),
@@ -117,11 +138,10 @@ CASES: dict[str, Case] = {
     "disconnectivity_in_myo": Case(
         edit(heart(), [(C, C - 19)], 2), edit(heart(), [(C, C - 18)], 2)
     ),
-    # 2 background pixels between LV and MYO (> 128*128/2**14 = 1) / only 1
-    "holes_between_lv_and_myo": Case(
-        edit(heart(), [(C, C - 11), (C + 1, C - 11)], 0),
-        edit(heart(), [(C, C - 11)], 0),
-    ),
+    # a 4-pixel slit (> 128*128/2**14 = 1) enclosed by LV and MYO / the spur without it (a
+    # gap of any size between the LV and a closed MYO fails criteria 3 and 11 as well:
+    # test_gaps_between_lv_and_myo)
+    "holes_between_lv_and_myo": Case(lv_spur(slit=True), lv_spur(slit=False)),
     "holes_between_rv_and_myo": Case(
         edit(heart(), [(C, C + 18), (C - 1, C + 18)], 0),
         edit(heart(), [(C, C + 18)], 0),
@@ -144,8 +164,8 @@ CASES: dict[str, Case] = {
 }
 
 
-def one_hot(name: str) -> np.ndarray:
-    return np.array([criterion == name for criterion in CRITERIA])
+def one_hot(*names: str) -> np.ndarray:
+    return np.array([criterion in names for criterion in CRITERIA])
 
 
 def test_criteria_are_the_16_of_the_table() -> None:
@@ -157,7 +177,7 @@ def test_criteria_are_the_16_of_the_table() -> None:
 @pytest.mark.parametrize("name", CRITERIA)
 def test_each_criterion_fails_alone_and_a_nearby_mask_passes(name: str) -> None:
     case = CASES[name]
-    assert check_slice(case.failing, case.fail_mm).tolist() == one_hot(name).tolist()
+    assert check_slice(case.failing, case.fail_mm).tolist() == one_hot(name, *case.also).tolist()
     assert not check_slice(case.passing, case.pass_mm).any()
 
 
@@ -174,6 +194,54 @@ def test_empty_and_partial_slices() -> None:
         check_slice(lv_only, ONE_MM).tolist()
         == one_hot("frontier_between_lv_and_background").tolist()
     )
+
+
+def square_lv() -> np.ndarray:
+    """A 17x17 LV square in a MYO disc (r 18): its corners touch the wall diagonally."""
+    lab = (disc(C, C, 18) * 2).astype(np.uint8)
+    lab[C - 8 : C + 9, C - 8 : C + 9] = 3
+    return lab
+
+
+def test_gaps_between_lv_and_myo() -> None:
+    """A background gap opened between the LV cavity and a closed MYO is an error at any
+    size: a hole of the MYO (the LV is the only thing the ring may enclose), and a frontier
+    between LV and background once it touches more than 1 LV pixel; criterion 7 adds itself
+    above H*W/2**14 pixels (1 at 128x128). The code before this test called the 1-pixel
+    gap, the 2-pixel one in a 256x256 slice and the corner gap valid."""
+    ring_and_frontier = one_hot("holes_in_myo", "frontier_between_lv_and_background")
+    one = edit(heart(), [(C, C - 12)], 0)  # the MYO pixel left of the LV, 3 LV neighbours
+    assert check_slice(one, ONE_MM).tolist() == ring_and_frontier.tolist()
+    two = edit(heart(), [(C, C - 12), (C + 1, C - 12)], 0)
+    assert (
+        check_slice(two, ONE_MM).tolist()
+        == (ring_and_frontier | one_hot("holes_between_lv_and_myo")).tolist()
+    )
+    # 1 pixel wide, 2 deep, in a 256x256 slice: not above 256*256/2**14 = 4 pixels
+    deep = edit(heart(), [(C, C - 12), (C, C - 13)], 0)
+    assert check_slice(np.pad(deep, 64), ONE_MM).tolist() == ring_and_frontier.tolist()
+    # a background pixel at the LV's corner touches 1 LV pixel only: a hole of the MYO
+    assert not check_slice(square_lv(), ONE_MM).any()
+    corner = edit(square_lv(), [(C - 9, C - 9)], 0)
+    assert check_slice(corner, ONE_MM).tolist() == one_hot("holes_in_myo").tolist()
+    # RV inside the ring with the LV is not cavity either
+    inside = edit(heart(rv=False), [(C, C - 12)], 1)
+    assert check_slice(inside, ONE_MM)[CRITERIA.index("holes_in_myo")]
+    # the whole inner band of the wall, 1 and 2 pixels wide
+    for width in (1, 2):
+        lab = heart(rv=False)
+        lab[(lab == 2) & ndimage.binary_dilation(lab == 3, iterations=width)] = 0
+        assert (
+            check_slice(lab, ONE_MM).tolist()
+            == (ring_and_frontier | one_hot("holes_between_lv_and_myo")).tolist()
+        )
+    # a 1- or 2-pixel channel through the wall: the cavity opens onto the outside
+    for width in (1, 2):
+        lab = heart(rv=False)
+        channel = lab[C : C + width, : C - 11]
+        channel[channel == 2] = 0
+        open_ring = ("frontier_between_lv_and_background", "myo_concavity", "myo_circularity")
+        assert check_slice(lab, ONE_MM).tolist() == one_hot(*open_ring).tolist()
 
 
 def test_concavity_thresholds_are_in_mm_of_the_slice_spacing() -> None:
@@ -232,12 +300,10 @@ def _reference(label: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
         length = perimeter(filled, neighborhood=4)
         return filled.any() and length > 1e-6 and 4 * math.pi * filled.sum() / length**2 < 0.2
 
-    exterior = ndimage.label(bg, s8)[0]
-    exterior = exterior == exterior[0, 0]
     values = {
         "holes_in_lv": lv.any() and count(~lv, s8) > 1,
         "holes_in_rv": rv.any() and count(~rv, s8) > 1,
-        "holes_in_myo": any(not (h & lv).any() for h in enclosed(~myo, s8)),
+        "holes_in_myo": any((h & ~lv).any() for h in enclosed(~myo, s8)),
         "disconnectivity_in_lv": count(lv, s8) > 1,
         "disconnectivity_in_rv": count(rv, s8) > 1,
         "disconnectivity_in_myo": count(myo, s8) > 1,
@@ -247,8 +313,7 @@ def _reference(label: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
         and myo.any()
         and not (ndimage.binary_dilation(rv, s8) & myo).any(),
         "frontier_between_lv_and_rv": (lv & ndimage.binary_dilation(rv, s8)).sum() > 1,
-        "frontier_between_lv_and_background": (lv & ndimage.binary_dilation(exterior, s8)).sum()
-        > 1,
+        "frontier_between_lv_and_background": (lv & ndimage.binary_dilation(bg, s8)).sum() > 1,
         "lv_concavity": depth_over(lv, 4.0),
         "rv_concavity": depth_over(rv, 30.0),
         "myo_concavity": depth_over(myo, 0.0),
@@ -341,14 +406,14 @@ def test_fast_hull_is_skimage_convex_hull_image() -> None:
 
 
 def test_result_summary() -> None:
-    labels = np.stack([heart(), CASES["holes_in_lv"].failing, np.zeros((SIZE, SIZE), np.uint8)])
+    labels = np.stack([heart(), CASES["holes_in_rv"].failing, np.zeros((SIZE, SIZE), np.uint8)])
     result = check_slices(labels, ONE_MM)
     assert result.valid.tolist() == [True, False, True]
-    assert result.failed(1) == ["holes_in_lv"]
+    assert result.failed(1) == ["holes_in_rv"]
     summary = result.summary()
     assert summary["slices"] == 3 and summary["valid_slices"] == 2
     assert summary["anatomical_validity"] == pytest.approx(2 / 3)
-    assert summary["errors_per_criterion"]["holes_in_lv"] == 1
+    assert summary["errors_per_criterion"]["holes_in_rv"] == 1
     assert sum(summary["errors_per_criterion"].values()) == 1
     assert math.isnan(
         check_slices(np.zeros((0, 8, 8), np.uint8), ONE_MM).summary()["anatomical_validity"]
@@ -478,6 +543,12 @@ REVIEWED_NATIVE_FAILURES = {
 }
 
 
+# Invalid slices among the 1902 after nearest-neighbour resampling to 128x128 (the same
+# slices, failing the same criteria, before and after the fix that made gaps between LV and
+# MYO errors).
+RESIZED_FAILURES = 128
+
+
 def _resample(slices: np.ndarray, size: int = 128) -> np.ndarray:
     """Nearest-neighbour resize of [N, H, W] label slices to [N, size, size]."""
     tensor = torch.from_numpy(slices[:, None].astype(np.float32))
@@ -485,22 +556,37 @@ def _resample(slices: np.ndarray, size: int = 128) -> np.ndarray:
     return resized[:, 0].numpy().astype(np.uint8)
 
 
-@pytest.mark.slow
-@pytest.mark.realdata
-def test_real_expert_masks_are_nearly_all_valid(acdc_real: Path) -> None:
+class Volume(NamedTuple):
+    name: str  # patientNNN_frameMM
+    slices: np.ndarray  # [Z, H, W] labels
+    spacing: tuple[float, float]  # mm along axis 0 and axis 1 of a slice
+
+
+@pytest.fixture(scope="module")
+def expert_masks(acdc_real: Path) -> list[Volume]:
+    """The 200 ground-truth volumes of the ACDC training set, at native resolution."""
     files = sorted(
         (acdc_real / "database" / "training").glob("patient*/patient*_frame??_gt.nii.gz")
     )
     assert len(files) == 200
-    native, resized, failures = [], [], {}
+    volumes = []
     for path in files:
         image = nib.load(str(path))
         slices = np.moveaxis(np.asanyarray(image.dataobj), 2, 0).astype(np.uint8)
         sy, sx = (float(z) for z in image.header.get_zooms()[:2])
+        volumes.append(Volume(path.name.removesuffix("_gt.nii.gz"), slices, (sy, sx)))
+    return volumes
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_expert_masks_are_nearly_all_valid(expert_masks: list[Volume]) -> None:
+    native, resized, failures = [], [], {}
+    for name, slices, (sy, sx) in expert_masks:
         result = check_slices(slices, (sy, sx))
         native.append(result.errors)
         for z in np.flatnonzero(~result.valid):
-            failures[(path.name.removesuffix("_gt.nii.gz"), int(z))] = result.failed(z)
+            failures[(name, int(z))] = result.failed(z)
             assert (result.errors[z] == _reference(slices[z], (sy, sx))).all()
         height, width = slices.shape[1:]
         resized.append(
@@ -517,4 +603,103 @@ def test_real_expert_masks_are_nearly_all_valid(acdc_real: Path) -> None:
         print(f"  {name:36s} {n_native:4d} {n_resized:4d}")
     assert len(native_errors) == 1902
     assert native_rate >= 0.98
+    # the same 29 slices, failing the same criteria, before and after the fix that made
+    # gaps between LV and MYO errors (criteria 3 and 11)
     assert failures == REVIEWED_NATIVE_FAILURES
+    assert int(resized_errors.any(axis=1).sum()) == RESIZED_FAILURES
+
+
+_DIRECTIONS = ((0, 1), (1, 0), (0, -1), (-1, 0))
+_CROSS = ndimage.generate_binary_structure(2, 1)
+S8 = np.ones((3, 3), bool)
+
+
+GAP_KINDS = (("pixels", 1), ("pixels", 2), ("band", 1), ("band", 2), ("corner", 1))
+
+
+def open_gaps(lab: np.ndarray) -> dict[tuple[str, int], list[np.ndarray]]:
+    """Copies of ``lab`` with a background gap opened between the LV and the MYO, for each
+    kind of ``GAP_KINDS`` and each direction from the LV's centroid (right, down, left, up),
+    at the MYO pixel next to the LV closest to that ray (the seed):
+
+    - ``("pixels", n)``: the seed, chosen among the MYO pixels 4-adjacent to the LV with at
+      least 2 LV pixels in their 3x3 window, and for n = 2 one more MYO pixel 4-adjacent to
+      the seed (and to the LV if one is);
+    - ``("band", w)``: the MYO pixels within w 4-steps of the LV and 3 pixels of that seed,
+      a short stretch of the wall's inner band w pixels thick;
+    - ``("corner", 1)``: the seed alone, chosen among the MYO pixels that touch exactly 1 LV
+      pixel, corner to corner, and no background or RV outside the ring (so that the MYO
+      stays closed around the gap).
+    """
+    fore = np.argwhere(lab != 0)
+    (top, left), (bottom, right) = np.maximum(fore.min(axis=0) - 3, 0), fore.max(axis=0) + 4
+    crop = lab[top:bottom, left:right]
+    lv, myo = crop == LV_LABEL, crop == MYO_LABEL
+    next_to_lv = ndimage.binary_dilation(lv, _CROSS)
+    lv_around = ndimage.correlate(lv.astype(np.uint8), np.ones((3, 3), np.uint8), mode="constant")
+    outside = ndimage.label(np.pad(~myo, 1, constant_values=True), np.ones((3, 3)))[0]
+    exterior = outside[1:-1, 1:-1] == outside[0, 0]
+    seeds = {
+        "pixels": myo & next_to_lv & (lv_around >= 2),
+        "corner": myo & ~next_to_lv & (lv_around == 1) & ~ndimage.binary_dilation(exterior, S8),
+    }
+    seeds["band"] = seeds["pixels"]
+    bands = {w: myo & ndimage.binary_dilation(lv, _CROSS, iterations=w) for w in (1, 2)}
+    cy, cx = np.argwhere(lv).mean(axis=0)
+    yy, xx = np.mgrid[: crop.shape[0], : crop.shape[1]]
+    out: dict[tuple[str, int], list[np.ndarray]] = {kind: [] for kind in GAP_KINDS}
+    for kind, width in GAP_KINDS:
+        ys, xs = np.nonzero(seeds[kind])
+        for dy, dx in _DIRECTIONS:
+            along = (ys - cy) * dy + (xs - cx) * dx
+            if not (along > 0).any():
+                continue
+            across = np.abs((ys - cy) * dx - (xs - cx) * dy)
+            k = int(np.argmin(np.where(along > 0, across, np.inf)))
+            y, x = int(ys[k]), int(xs[k])
+            if kind == "band":
+                gap = bands[width] & ((yy - y) ** 2 + (xx - x) ** 2 <= 9)
+            else:
+                gap = np.zeros_like(lv)
+                gap[y, x] = True
+                near = [(y + a, x + b) for a, b in _DIRECTIONS if myo[y + a, x + b]]
+                if width == 2 and near:
+                    gap[max(near, key=lambda q: bool(next_to_lv[q]))] = True
+            gapped = lab.copy()
+            gapped[top:bottom, left:right][gap] = 0
+            out[kind, width].append(gapped)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.parametrize("size", [None, 128])
+def test_gaps_opened_between_lv_and_myo_in_real_masks_are_invalid(
+    expert_masks: list[Volume], size: int | None
+) -> None:
+    """Every valid expert slice with an LV and a MYO, with a 1- or 2-pixel background gap
+    opened between them, 4 places each: all invalid, at native resolution and at 128x128
+    (where criterion 7 takes gaps above 1 pixel, natively above 3 or 4). Today's code
+    called most of them valid (natively 29 of 7116 single pixels, none of the corner gaps)."""
+    errors: dict[tuple[str, int], list[np.ndarray]] = {kind: [] for kind in GAP_KINDS}
+    for _, slices, (sy, sx) in expert_masks:
+        if size is not None:
+            sy, sx = sy * slices.shape[1] / size, sx * slices.shape[2] / size
+            slices = _resample(slices, size)
+        gapped: dict[tuple[str, int], list[np.ndarray]] = {kind: [] for kind in GAP_KINDS}
+        for z in np.flatnonzero(check_slices(slices, (sy, sx)).valid):
+            if (slices[z] == LV_LABEL).any() and (slices[z] == MYO_LABEL).any():
+                for kind, masks in open_gaps(slices[z]).items():
+                    gapped[kind] += masks
+        for kind, masks in gapped.items():
+            if masks:
+                errors[kind].append(check_slices(np.stack(masks), (sy, sx)).errors)
+    lines = []
+    for kind in GAP_KINDS:
+        found = np.concatenate(errors[kind])
+        lines.append(f"{kind}: {int(found.any(axis=1).sum())}/{len(found)} invalid")
+        assert len(found) > 1000, kind
+        assert found.any(axis=1).all(), lines[-1]
+        if kind[0] == "corner":  # enclosed, touching 1 LV pixel: only criterion 3 sees it
+            assert found[:, CRITERIA.index("holes_in_myo")].all(), lines[-1]
+    print("\n" + "\n".join(lines))

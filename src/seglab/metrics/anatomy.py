@@ -16,24 +16,30 @@ own spacing ``(mm along axis 0, mm along axis 1)``.
 Interpretations that the table leaves open (each one is pinned by a test):
 
 - Holes in a structure S (1-3): pixels of any other label enclosed by S, i.e. connected
-  components of ``not S`` (8-connected) that do not reach the padding. For the MYO, an
-  enclosed component that contains LV pixels is the LV cavity (with whatever lies in it):
-  it is not a hole of the MYO; background trapped between LV and MYO is criterion 7.
+  components of ``not S`` (8-connected) that do not reach the padding. For the MYO, the LV
+  cavity is not a hole: the LV pixels of an enclosed component are not counted, everything
+  else in it is (background or RV inside the ring, a hole of the LV too), as in the
+  reference implementation (enclosed non-MYO pixels minus the LV's). So a background gap
+  of any size opened between the LV and a closed myocardium is a hole of the MYO, not
+  only when criterion 7's size floor lets it through.
 - Disconnectivity (4-6): S has more than one 8-connected component.
 - Holes between A and MYO (7-8), as in the reference implementation: with 4-connectivity,
   first fill the holes of A that contain no MYO and the holes of MYO that contain no A
   (so the LV cavity is filled when judging RV/MYO, and a hole inside one structure,
   which criteria 1-3 report, is not counted again); the pixels of ``not (A or MYO)``
   still enclosed are the holes between them; error when they exceed ``H*W/2**14``
-  pixels, H and W being those of the whole slice.
+  pixels, H and W being those of the whole slice. A smaller gap between LV and MYO is an
+  error all the same: criterion 3 reports it where the MYO closes around it, criterion 11
+  wherever more than 1 LV pixel touches it.
 - RV disconnected from MYO (9): the 3x3-dilated RV does not overlap the MYO (the
   reference's distance from the dilated RV to the MYO is then > 0 mm).
 - Frontier LV/RV (10): more than 1 LV pixel lies in the 3x3-dilated RV.
-- Frontier LV/background (11): more than 1 LV pixel touches (3x3) background connected
-  (8-conn) to the image border. Background enclosed inside the myocardium (a hole of the
-  LV, a gap between LV and MYO) is reported by criteria 1 and 7; counting it here too, as
-  the reference implementation does, would make every LV hole an "open myocardium" as
-  well. On the 1902 ACDC expert slices both readings flag the same slices.
+- Frontier LV/background (11): more than 1 LV pixel lies in the 3x3-dilated background,
+  any background, as the table and the reference implementation have it: background
+  enclosed in the myocardium and touching the LV (a gap between LV and MYO, a hole of the
+  LV) separates the LV from its wall as much as an opening to the outside does. An LV
+  hole therefore fails criteria 1 and 11 together (and 3 inside a closed MYO), as in the
+  reference implementation.
 - Concavity (12-14): on the hole-filled structure (``binary_fill_holes``, 4-connected
   background, which closes a ring broken only diagonally): ``convex_hull_image`` minus
   the shape, eroded by a 3x3 square, then the largest Euclidean distance (in mm) from
@@ -313,20 +319,23 @@ def _count(mask: np.ndarray) -> np.ndarray:
     return mask.reshape(len(mask), -1).view(np.uint8).sum(axis=1, dtype=np.int64)
 
 
-def _holes8(mask: np.ndarray, candidates: np.ndarray, lv: np.ndarray | None = None) -> np.ndarray:
-    """bool [N]: ``not mask`` has an 8-connected component off the border (without LV if given).
+def _holes8(
+    mask: np.ndarray, candidates: np.ndarray, counted: np.ndarray | None = None
+) -> np.ndarray:
+    """bool [N]: a pixel of ``not mask`` (of ``counted`` if given) lies off the border, 8-conn.
 
     An 8-connected component is a union of 4-connected ones, so only ``candidates`` (slices
-    whose 4-connected labelling already found such a component) are labelled again.
+    whose 4-connected labelling already found such a pixel) are labelled again.
     """
     holes = np.zeros(len(mask), dtype=bool)
     index = np.flatnonzero(candidates)
     if index.size:
         comps = _Components(~mask[index], _S8)
-        which = comps.enclosed()
-        if lv is not None:
-            which[comps.labels[lv[index]]] = False  # the LV cavity is not a hole of the MYO
-        holes[index] = comps.any_per_slice(which)
+        if counted is None:
+            holes[index] = comps.any_per_slice(comps.enclosed())
+        else:
+            inside = ~comps.outside[comps.labels]  # also True on ``mask``: not in ``counted``
+            holes[index] = _count(inside & counted[index]) > 0
     return holes
 
 
@@ -343,9 +352,10 @@ def _check_chunk(stack: np.ndarray, spacing: np.ndarray, small: float) -> np.nda
     not_lv4, not_rv4, not_myo4 = (_Components(~m, _S4) for m in (lv, rv, myo))
     put("holes_in_lv", _holes8(lv, not_lv4.per_slice() > 1))
     put("holes_in_rv", _holes8(rv, not_rv4.per_slice() > 1))
-    without_lv = not_myo4.enclosed()
-    without_lv[not_myo4.labels[lv]] = False
-    put("holes_in_myo", _holes8(myo, not_myo4.any_per_slice(without_lv), lv))
+    # The LV cavity is not a hole of the MYO; anything else it encloses is (see the notes).
+    not_cavity = ~myo & ~lv
+    enclosed4 = _count(not_cavity & ~not_myo4.outside[not_myo4.labels]) > 0
+    put("holes_in_myo", _holes8(myo, enclosed4, not_cavity))
     put("disconnectivity_in_lv", _Components(lv, _S8).per_slice() > 1)
     put("disconnectivity_in_rv", _Components(rv, _S8).per_slice() > 1)
     put("disconnectivity_in_myo", _Components(myo, _S8).per_slice() > 1)
@@ -355,14 +365,7 @@ def _check_chunk(stack: np.ndarray, spacing: np.ndarray, small: float) -> np.nda
     rv_grown = _shift_or(rv)
     put("rv_disconnected_from_myo", has_rv & has_myo & (_count(rv_grown & myo) == 0))
     put("frontier_between_lv_and_rv", _count(lv & rv_grown) > 1)
-    # Only the background connected to the border counts; label it where it can matter.
-    frontier = np.zeros(len(stack), dtype=bool)
-    index = np.flatnonzero(_count(lv & _shift_or(background)) > 1)
-    if index.size:
-        comps = _Components(background[index], _S8)
-        exterior = comps.outside[comps.labels]
-        frontier[index] = _count(lv[index] & _shift_or(exterior)) > 1
-    put("frontier_between_lv_and_background", frontier)
+    put("frontier_between_lv_and_background", _count(lv & _shift_or(background)) > 1)
 
     # binary_fill_holes with its default (4-connected background): the not-outside part.
     filled_lv, filled_rv, filled_myo = (~c.outside[c.labels] for c in (not_lv4, not_rv4, not_myo4))
