@@ -6,6 +6,7 @@ No other module reads params.yaml or the environment. Each pipeline (the cardiac
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -71,6 +72,48 @@ class TrackingParams(Section):
     uri: str = "sqlite:///mlflow.db"
     artifacts: str = "mlartifacts"
     server: ServerParams = ServerParams()
+
+
+#: Dice 0.5 as IoU (IoU = Dice / (2 - Dice) for one mask pair: 1/3), as params.yaml writes it.
+_IOU_OF_DICE_HALF = 0.3333
+
+
+class PromotionParams(Section):
+    """What ``seglab promote`` asks of every candidate before it compares it with the champion
+    (the first version of a model included): a model that segments nothing is no champion,
+    however it ranks.
+
+    ``floors``: per metric, the worst value a candidate may have: a minimum for a
+    higher-is-better metric (Dice 0.5 by default for the ``dice_*`` keys; for the LGG
+    models' ``iou`` the same overlap, 1/3, since IoU = Dice / (2 - Dice)), a maximum for a
+    lower-is-better one. Lower-is-better metrics (``hd95_mean``, ``train_seconds``,
+    ``params_count``, ``model_mb``) have none by default: no value of them shows that a model
+    segments at all, so promoting on them is guarded by the floor of the model family's own
+    metric (``dice_mean`` for ``acdc-*``, ``iou`` for ``lgg-*``), which is checked whatever
+    metric the promotion ranks on. A metric not listed has no floor.
+
+    ``max_emptied``: the largest share of the candidate's evaluated slices showing a heart
+    on which its masks may be all background (its run's ``emptied_fraction``,
+    :mod:`seglab.metrics.emptied`); above it, its predictions are empty. Runs that do not
+    record the figure (older versions, the LGG models) are judged by the floors alone.
+    """
+
+    floors: dict[str, float] = {
+        "dice_mean": 0.5,
+        "dice_lv": 0.5,
+        "dice_myo": 0.5,
+        "dice_rv": 0.5,
+        "iou": _IOU_OF_DICE_HALF,
+    }
+    max_emptied: float = Field(0.5, ge=0.0, le=1.0)
+
+    @field_validator("floors")
+    @classmethod
+    def _finite(cls, floors: dict[str, float]) -> dict[str, float]:
+        bad = [name for name, value in floors.items() if not math.isfinite(value)]
+        if bad:
+            raise ValueError(f"floors must be finite numbers (not for {', '.join(bad)})")
+        return floors
 
 
 class AcdcPrepareParams(Section):
@@ -475,6 +518,7 @@ class CardiacParams(Section):
     search: SearchParams = SearchParams()
     correctors: CorrectorsParams = CorrectorsParams()
     correction: CorrectionReportParams = CorrectionReportParams()
+    promotion: PromotionParams = PromotionParams()
 
     @model_validator(mode="after")
     def _search_model(self) -> CardiacParams:
@@ -581,16 +625,18 @@ class BrainParams(Section):
     lgg: LggDataParams = LggDataParams()
     tracking: TrackingParams = TrackingParams()
     architectures: LggArchsParams = LggArchsParams()
+    promotion: PromotionParams = PromotionParams()
 
 
 class TrackingSection(Section):
-    """Only the ``tracking`` section of either study's params file: the registry, server and
-    run-comparison commands serve the whole project, so they accept either file and leave the
-    study sections to the study's own model."""
+    """Only the ``tracking`` and ``promotion`` sections of either study's params file: the
+    registry, server and run-comparison commands serve the whole project, so they accept either
+    file and leave the study sections to the study's own model."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     tracking: TrackingParams = TrackingParams()
+    promotion: PromotionParams = PromotionParams()
 
 
 P = TypeVar("P", bound=Section)

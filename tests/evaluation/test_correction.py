@@ -86,3 +86,19 @@ def test_gate_takes_the_correction_only_where_it_is_earned() -> None:
     )
     assert not off.taken.any()
     np.testing.assert_array_equal(off.labels, before)
+
+
+def test_gate_never_takes_an_emptied_correction_even_for_an_implausible_input() -> None:
+    """The quick profile's collapsed NVAE: the correction is all background, and the NVAE of
+    ground-truth masks (background everywhere too) scores a perfect heart plausibility 0."""
+    before = hearts(3, seed=3)
+    before[2] = 0  # an empty input: emptying it again erases nothing
+    after = np.zeros_like(before)
+    out = gate(before, after, [True, False, True], [True] * 3, [0.0, 0.0, 1.0], GateParams())
+    assert out.emptied.tolist() == [True, True, False]
+    assert not out.taken.any()
+    assert not out.by_plausibility.any() and not out.by_validity.any()
+    np.testing.assert_array_equal(out.labels, before)
+    # Only plausibility on: still never taken.
+    only = gate(before, after, [False] * 3, [True] * 3, [0.0] * 3, GateParams(validity=False))
+    assert not only.taken[:2].any()

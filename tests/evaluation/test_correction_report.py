@@ -152,6 +152,42 @@ def test_empty_ground_truth_slices_are_counted_apart(data: dict[str, Any], tmp_p
     assert "Slices with an empty ground truth" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_erased_hearts_are_never_valid_nor_made_valid_and_counted_apart(
+    data: dict[str, Any], tmp_path: Path
+) -> None:
+    """The quick profile's collapsed corrector: every output is background. It breaks no
+    criterion, yet it repairs nothing, and its clinical errors must not beat the segmenters'."""
+    gt = data["gt"]
+    heart = gt.reshape(len(gt), -1).any(axis=1)
+    before = data["before"].copy()
+    before[heart, 1:3, 1:3] = LV  # a stray LV blob: every input with a heart is invalid
+    erased = np.zeros_like(gt)
+    summary = run({**data, "before": before}, tmp_path, {"erased": erased, "same": before})
+    valid_before = check_slices(before, (1.5, 1.5)).valid
+    assert not valid_before[heart].any()
+    out = summary["erased"]
+    assert out["emptied"] == heart.sum() == 32 and summary["before"]["emptied"] == 0
+    assert out["anatomical_validity"] == pytest.approx((~heart).mean())  # only empty truths
+    assert out["made_valid"] == (~valid_before & ~heart).sum()  # removed false positives only
+    assert summary["same"]["emptied"] == 0 and summary["same"]["made_valid"] == 0
+    # Clinical indices: every (patient, segmenter) pair erased, none scored, all counted apart.
+    assert out["clinical_emptied"] == summary["clinical_volumes"] == 4
+    assert summary["before"]["clinical_emptied"] == 0
+    assert all(np.isnan(out[f"{k}_mae"]) for k in ("lv_edv_ml", "rv_edv_ml", "myo_mass_g"))
+    report = tmp_path / "report"
+    clinical = pd.read_csv(report / "clinical.csv")
+    assert clinical.groupby("method")["emptied"].all().to_dict() == {
+        "before": False,
+        "erased": True,
+        "same": False,
+    }
+    headline = pd.read_csv(report / "summary.csv").set_index("method")
+    assert headline.loc["erased", "emptied"] == 32
+    slices = pd.read_csv(report / "slices.csv")
+    np.testing.assert_array_equal(slices["emptied_erased"], heart)
+    assert "emptied_volumes" in (report / "report.md").read_text()
+
+
 def test_a_gated_mix_scores_like_a_fresh_measurement(data: dict[str, Any], tmp_path: Path) -> None:
     """Slices equal to the input are copied from its figures: the result must not differ."""
     gt, before = data["gt"], data["before"]

@@ -83,9 +83,24 @@ def test_empty_samples_are_not_valid_hearts() -> None:
     x = onehot(hearts(4))
     figures = evaluate_nvae(model, x, x, SPACING, samples=6)
     assert figures["samples_empty"] == 6 and figures["sample_validity"] == 0.0
-    assert figures["anatomical_validity"] == 1.0 and figures["dice_mean"] == 0.0
+    assert figures["dice_mean"] == 0.0
     fig = samples_figure(generate(model, 2), SPACING, columns=2, count=2)
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["empty", "empty"]
+
+
+def test_emptied_reconstructions_are_not_valid_and_counted_apart() -> None:
+    """The collapsed model's reconstructions erase every heart: no criterion fails, yet none
+    is valid; a target without a heart cannot be emptied."""
+    model = tiny()
+    with torch.no_grad():
+        model.head[-1].bias.copy_(torch.tensor([1e3, 0.0, 0.0, 0.0]))
+    labels = hearts(4)
+    labels[3] = 0  # background only: reconstructing it as background is right
+    x = onehot(labels)
+    figures = evaluate_nvae(model, x, x, SPACING)
+    assert figures["emptied"] == 3 and figures["emptied_fraction"] == 1.0
+    assert figures["anatomical_validity"] == pytest.approx(0.25)
+    assert figures["target_validity"] == 1.0
 
 
 def test_evaluate_without_samples_and_module_input() -> None:

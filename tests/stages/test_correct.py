@@ -294,6 +294,52 @@ def generated(tmp_path: Path) -> tuple[Path, Path]:
     return seg, image
 
 
+def test_a_correction_that_erases_the_heart_is_never_taken_nor_valid(
+    generated: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The quick profile's collapsed NVAE as both corrector and plausibility scorer: every
+    correction is all background, and a perfect heart scores plausibility 0 < 0.8."""
+    seg, image = generated
+    corrector = background_nvae(tmp_path / "collapsed.ckpt")
+    background_nvae(tmp_path / "models/nvae/nvae.ckpt")
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "acdc": {"prepare": {"size": SIZE, "fov_mm": 200.0}},
+                "nvae": {"models": "models/nvae"},
+            }
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    args = ["correct", str(seg), "--image", str(image), "--model", str(corrector)]
+
+    assert main([*args, "-o", "gated.nii.gz", "--gated"]) == 0
+
+    printed = capsys.readouterr().out
+    qc = pd.read_csv(tmp_path / "gated.qc.csv")
+    slices = len(qc)
+    assert (qc["plausibility"] == 0).all() and qc["emptied"].all()
+    assert not qc["taken"].any() and not qc["valid_corrected"].any()
+    np.testing.assert_array_equal(
+        assert_same_geometry(tmp_path / "gated.nii.gz", seg), nib.load(seg).dataobj
+    )
+    names = ", ".join(str(z) for z in range(slices))
+    assert f"erased the heart of {slices} slices ({names}): not taken" in printed
+    assert f"{qc['valid_before'].sum()}/{slices} after" in printed
+
+    assert main([*args, "-o", "plain.nii.gz"]) == 0
+
+    printed = capsys.readouterr().out
+    plain = pd.read_csv(tmp_path / "plain.qc.csv")
+    assert plain["taken"].all() and not plain["valid_after"].any()
+    assert f"0/{slices} after" in printed
+    assert f"erased the heart of {slices} slices ({names}): written as corrected" in printed
+    assert not assert_same_geometry(tmp_path / "plain.nii.gz", seg).any()
+
+
 def bad_input_cases(tmp_path: Path, seg: Path, image: Path) -> dict[str, tuple[Path, Path, str]]:
     """name -> (seg, image, expected message after 'PATH: ')."""
     labels = heart_volume()

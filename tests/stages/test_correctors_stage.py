@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +14,7 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from seglab.cli import main
 from seglab.config import CardiacParams, NvaeParams, load_params
@@ -21,7 +23,9 @@ from seglab.data.phantom.masks import heart_masks
 from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import DataError
 from seglab.metrics.labels import LV, RV
+from seglab.stages import correctors
 from seglab.stages.correctors import load_predictions, train_corrector
+from seglab.stages.nvae import NvaeFit
 from seglab.training.nvae_module import NvaeModule
 
 SIZE = 32
@@ -178,6 +182,73 @@ def test_report_stage_after_both_correctors(
         "attributes.run_name = 'correction-report'",
     )
     assert "before.dice_mean" in run.data.metrics
+
+
+def collapsed(in_channels: int, beta: list[float]) -> NvaeModule:
+    """The quick profile's NVAE: it decodes every input to background."""
+    module = NvaeModule(NvaeParams(**tiny_model(in_channels, beta)), SIZE).eval()
+    with torch.no_grad():
+        module.model.head[-1].bias.copy_(torch.tensor([1e3, 0.0, 0.0, 0.0]))
+    return module
+
+
+def save(module: NvaeModule, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": L.__version__,
+        },
+        path,
+    )
+    return path
+
+
+def test_an_erasing_corrector_is_never_gated_in_and_its_figures_say_so(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quick profile's failure, without training: the corrector and the NVAE of
+    ground-truth masks both decode to background, so every input heart has plausibility
+    0 < 0.8 and every correction is an "anatomically valid" empty mask."""
+    root = tmp_path / "project"
+    shutil.copytree(project, root, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    save(collapsed(4, [1.0, 1.0]), root / "nvae" / "nvae.ckpt")
+    module = collapsed(4, [1.0, 1.0])
+    best = save(module, tmp_path / "fit" / "best.ckpt")
+
+    def fit(*args: object, **kwargs: object) -> NvaeFit:
+        return NvaeFit(module, best, best, 0.0, 1, (), 0.0, None)
+
+    def register(model: object, name: str, example: object, tags: dict | None = None) -> object:
+        client = MlflowClient(mlflow.get_tracking_uri())
+        run = mlflow.active_run()
+        try:
+            client.create_registered_model(name)
+        except MlflowException:
+            pass
+        uri = f"{run.info.artifact_uri}/model"
+        return client.create_model_version(name, uri, run_id=run.info.run_id, tags=tags)
+
+    monkeypatch.setattr(correctors, "train_nvae_model", fit)
+    monkeypatch.setattr(correctors, "log_and_register", register)
+    params = load_params(root / "params.yaml", CardiacParams)
+    result = train_corrector(params, "nvae", root=root)
+
+    test = load_split(root / "acdcseg" / "test.npz")
+    arrays = load_predictions(root / "data/corrections" / "nvae.npz", test)
+    heart = test.extra["pred"].reshape(len(test), -1).any(axis=1)
+    assert heart.all() and (arrays["plausibility"] == 0).all()
+    assert not arrays["after"].any() and arrays["emptied"].all()
+    assert not arrays["valid_after"].any() and not arrays["taken"].any()
+    np.testing.assert_array_equal(arrays["gated"], test.extra["pred"])
+    assert result["gated_taken"] == 0.0
+    assert result["anatomical_validity"] == 0.0 and result["dice_mean"] == 0.0
+    assert result["emptied"] == len(test) and result["emptied_fraction"] == 1.0
+    assert result["gated_emptied"] == result["input_emptied"] == 0
+    assert result["gated_dice_mean"] == result["input_dice_mean"]
+    run = MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(result["run_id"])
+    assert run.data.metrics["emptied_fraction"] == 1.0 and run.data.metrics["gated_taken"] == 0
 
 
 def test_predictions_must_line_up_with_acdcseg(project: Path, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from seglab.config import (
     UNetParams,
 )
 from seglab.data.phantom.acdc import write_acdc_phantom
+from seglab.data.phantom.masks import heart_masks
 from seglab.data.prepare_acdc import prepare_acdc
 from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import ConfigError, DataError, SeglabError
@@ -38,6 +39,7 @@ from seglab.metrics.anatomy import check_slices
 from seglab.stages.segmenters import (
     EXPERIMENT,
     TEST_KEYS,
+    evaluate,
     load_crossfit,
     load_segmenter,
     patient_folds,
@@ -72,6 +74,23 @@ def _slices(label: np.ndarray) -> SliceSet:
          "spacing_x": [1.5] * n, "spacing_y": [1.5] * n}
     )  # fmt: skip
     return SliceSet(image=np.zeros(label.shape, np.float32), label=label, meta=meta)
+
+
+def test_empty_predictions_are_not_valid_and_counted_apart() -> None:
+    """A network that predicts background everywhere breaks no anatomical criterion; its test
+    figures must still call none of its masks valid where the ground truth has a heart."""
+    label = heart_masks(4, 32, seed=0)
+    label[3] = 0  # a slice beyond the apex: predicting nothing is right there
+    meta = pd.DataFrame(
+        {"patient": "p1", "frame": 1, "spacing_x": [1.5] * 4, "spacing_y": [1.5] * 4}
+    )
+    slices = SliceSet(image=np.zeros(label.shape, np.float32), label=label, meta=meta)
+    figures = evaluate(np.zeros_like(label), slices)
+    assert list(figures)[: len(TEST_KEYS)] == list(TEST_KEYS)
+    assert figures["anatomical_validity"] == 0.25 and figures["dice_mean"] == 0.0
+    assert figures["emptied"] == 3 and figures["emptied_fraction"] == 1.0
+    perfect = evaluate(label, slices)
+    assert perfect["anatomical_validity"] == 1.0 and perfect["emptied"] == 0
 
 
 def test_crossfit_file_must_match_the_prepared_train_split(tmp_path: Path) -> None:
@@ -231,6 +250,9 @@ def test_end_to_end_outputs_are_what_dvc_declares(
     for key in (*TEST_KEYS, "train_seconds", "params_count", "model_mb", "epochs"):
         assert key in metrics, key
     assert 0.0 <= metrics["dice_mean"] <= 1.0 and metrics["epochs"] == 1
+    curves = pd.read_csv(root / "metrics/segmenters/unet.curves.csv")  # the DVC plot
+    assert len(curves) == metrics["epochs"] and {"seconds", "val_dice_mean"} <= set(curves)
+    assert (curves["seconds"] > 0).all()
     test = load_split(root / "prepared" / "test.npz")
     module = load_segmenter(root / "models/segmenters/unet.ckpt")
     assert module.hparams["arch"] == "unet"

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from seglab.cli import main
-from seglab.config import TrackingParams
+from seglab.config import PromotionParams, TrackingParams
 from seglab.errors import ConfigError, SeglabError
 from seglab.tracking import registry, runs
 from seglab.tracking.registry import (
@@ -31,6 +31,7 @@ from seglab.tracking.registry import (
     promote,
     promote_all,
     promotion_history,
+    render_decision,
     render_history,
     resolve_version,
 )
@@ -244,6 +245,81 @@ def test_lgg_models_use_iou_and_lower_is_better_metrics_invert(store: str, proje
     assert forced.outcome == "promoted"
 
 
+def test_no_candidate_below_the_floor_or_with_empty_predictions_becomes_champion(
+    store: str, project: Path
+) -> None:
+    """The quick profile's collapsed NVAE (Dice 0, every mask empty, validity 1) was made
+    champion as the first version; a floor and the emptied share keep it out, first or not."""
+    tracking = TrackingParams(uri=store)
+    model = "acdc-nvae-floor"
+    collapsed = {"dice_mean": 0.0, "anatomical_validity": 1.0, "emptied_fraction": 1.0}
+    add_version(store, project, model, collapsed)
+    empty = promote(model, tracking, project)
+    assert empty.outcome == "rejected" and empty.champion is None
+    assert empty.reason == (
+        "predictions empty: all background on 100.0% of the slices with a heart "
+        "(emptied_fraction 1 > 0.5)"
+    )
+    text = render_decision(empty)
+    assert text.splitlines()[0] == f"{model}: no champion; rejected version 1"
+    assert "required of any champion: dice_mean >= 0.5 (candidate 0)" in text
+    assert champion_of(store, model) is None
+    assert [d.outcome for d in promotion_history(model, tracking, project).decisions] == [
+        "rejected"
+    ]
+
+    add_version(store, project, model, {"dice_mean": 0.3, "emptied_fraction": 0.0})
+    low = promote(model, tracking, project)
+    assert low.outcome == "rejected" and low.reason == "dice_mean 0.3 below the floor 0.5"
+    add_version(store, project, model, {"dice_mean": 0.6, "emptied_fraction": 0.02, "model_mb": 1})
+    assert promote(model, tracking, project).reason == "first champion"
+    assert champion_of(store, model) == "3"
+
+    # Ranking on size does not lift the family's floor: a tiny model that segments nothing.
+    add_version(store, project, model, {"dice_mean": 0.2, "model_mb": 0.01})
+    small = promote(model, tracking, project, metric="model_mb")
+    assert small.outcome == "rejected" and small.reason == "dice_mean 0.2 below the floor 0.5"
+    # A lower-is-better metric's floor is a ceiling; no default one.
+    hd = "acdc-segmenter-ceiling"
+    add_version(store, project, hd, {"dice_mean": 0.8, "hd95_mean": 12.0})
+    assert promote(hd, tracking, project, metric="hd95_mean").outcome == "promoted"
+    add_version(store, project, hd, {"dice_mean": 0.8, "hd95_mean": 11.0})
+    rules = PromotionParams(floors={"dice_mean": 0.5, "hd95_mean": 10.0})
+    far = promote(hd, tracking, project, metric="hd95_mean", rules=rules)
+    assert far.reason == "hd95_mean 11 above the ceiling 10 (lower is better)"
+    assert champion_of(store, hd) == "1"
+
+    # The LGG models' IoU: the floor is Dice 0.5's overlap, 1/3.
+    lgg = "lgg-floor-resnet18"
+    add_version(store, project, lgg, {"iou": 0.2, "dice_mean": 0.33})
+    assert promote(lgg, tracking, project).reason == "iou 0.2 below the floor 0.3333"
+    add_version(store, project, lgg, {"iou": 0.4, "dice_mean": 0.57})
+    assert promote(lgg, tracking, project).outcome == "promoted"
+    assert champion_of(store, lgg) == "2"
+
+
+def test_promote_reads_its_floors_from_the_params(
+    tmp_path: Path, project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = f"sqlite:///{tmp_path / 'floors.db'}"
+    add_version(store, project, "acdc-nvae", {"dice_mean": 0.6})
+    params = project / "params.yaml"
+    params.write_text(
+        f"tracking:\n  uri: {store}\npromotion:\n  floors: {{dice_mean: 0.7}}\n  max_emptied: 0.1\n"
+    )
+    monkeypatch.chdir(project)
+    report = tmp_path / "promotion.json"
+    argv = ["promote", "--all", "--prefix", "acdc-", "--params", str(params), "--out", str(report)]
+    assert main(argv) == 0  # a rejection is a decision, not a refusal
+    out = capsys.readouterr().out
+    assert "acdc-nvae: no champion; rejected version 1" in out
+    assert "reason: dice_mean 0.6 below the floor 0.7" in out
+    recorded = json.loads(report.read_text())["acdc-nvae"]
+    assert recorded["outcome"] == "rejected" and recorded["floors"] == {"dice_mean": 0.7}
+    assert recorded["max_emptied"] == 0.1
+    assert champion_of(store, "acdc-nvae") is None
+
+
 def test_dry_run_changes_nothing(
     store: str, project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -414,7 +490,7 @@ RACER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from mlflow import MlflowClient
-    from seglab.config import TrackingParams
+    from seglab.config import PromotionParams, TrackingParams
     from seglab.tracking.registry import promote
 
     store, root, model, version, go = sys.argv[1:]

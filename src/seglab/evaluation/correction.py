@@ -8,7 +8,8 @@ so both correct, score and gate the same way.
 * :func:`plausibility`: how well the NVAE of ground-truth masks reproduces a mask (mean Dice
   over the structures present in either): a mask it cannot reproduce is unlike any heart it
   learned, which flags slices to review without ground truth.
-* :func:`gate`: keep the segmenter's mask unless the corrector earns the change.
+* :func:`gate`: keep the segmenter's mask unless the corrector earns the change (an erased
+  heart never does).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from seglab.config import GateParams
 from seglab.data.acdcseg import onehot
 from seglab.evaluation.nvae_report import reconstruct
+from seglab.metrics.emptied import emptied
 from seglab.models.nvae import Nvae
 from seglab.training.nvae_module import NvaeModule
 
@@ -86,6 +88,7 @@ class Gated:
     taken: np.ndarray  # bool [N]
     by_validity: np.ndarray  # bool [N]: corrected valid, input not
     by_plausibility: np.ndarray  # bool [N]: input implausible
+    emptied: np.ndarray  # bool [N]: the correction erased the input's heart (never taken)
 
 
 def gate(
@@ -97,18 +100,21 @@ def gate(
     params: GateParams,
 ) -> Gated:
     """Take the corrected mask only where it is anatomically valid and the input was not
-    (``params.validity``; an emptied mask does not count), or where the input's plausibility is
-    below
-    ``params.plausibility_below``; keep the segmenter's mask everywhere else."""
+    (``params.validity``), or where the input's plausibility is below
+    ``params.plausibility_below``; keep the segmenter's mask everywhere else.
+
+    A correction that erases the input's heart (all background where the input is not,
+    :func:`seglab.metrics.emptied.emptied`) is never taken, by either test: an empty mask
+    breaks no criterion, and an NVAE that reconstructs every mask as background finds every
+    heart implausible, so both tests would otherwise take the erasure."""
     n = len(before)
+    erased = emptied(after, before)
     by_validity = np.zeros(n, bool)
     if params.validity:
-        # An empty mask breaks no criterion: erasing a heart must not pass for a fix.
-        erased = ~after.any(axis=(1, 2)) & before.any(axis=(1, 2))
         by_validity = np.asarray(valid_after, bool) & ~np.asarray(valid_before, bool) & ~erased
     by_plausibility = np.zeros(n, bool)
     if params.plausibility_below is not None:
-        by_plausibility = np.asarray(plausibility_before) < params.plausibility_below
+        by_plausibility = (np.asarray(plausibility_before) < params.plausibility_below) & ~erased
     taken = by_validity | by_plausibility
     labels = np.where(taken[:, None, None], after, before).astype(np.uint8)
-    return Gated(labels, taken, by_validity, by_plausibility)
+    return Gated(labels, taken, by_validity, by_plausibility, erased)

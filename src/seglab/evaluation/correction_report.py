@@ -6,6 +6,9 @@ segmenters' masks) and every corrected set in ``after``:
 * Dice as ``seglab.metrics.overlap`` defines it (dataset ``dice_mean`` = mean of the three class
   means; a structure absent from both masks is excluded), overall and per segmenter, group and
   phase; anatomical validity and errors per criterion (``seglab.metrics.anatomy``).
+* Emptied slices: a mask that is all background where the ground truth shows a heart breaks no
+  criterion but is never valid (``seglab.metrics.emptied``); every method's are counted apart
+  (``emptied``), so erasing hearts neither raises validity nor counts as ``made_valid``.
 * Per slice, ``dsc`` = mean Dice of the structures present in the ground truth or the mask, and
   **1 when both are empty** (predicting nothing on a background slice is right; the same
   convention as ``seglab.evaluation.correction.mask_agreement``). So removing a false positive
@@ -14,7 +17,9 @@ segmenters' masks) and every corrected set in ``after``:
 * ``delta = dsc(gt, after) - dsc(gt, before)``: improved above ``params.changed``, worsened below
   ``-params.changed``, unchanged otherwise; ``large_up``/``large_down`` beyond ``params.large``.
 * Clinical indices per (patient, segmenter) with both ED and ES rows, against the same indices
-  from the ground truth (``seglab.metrics.clinical``).
+  from the ground truth (``seglab.metrics.clinical``). A method's volume pair with an emptied
+  slice is left out of its mean errors and counted apart (``clinical_emptied``): an erased
+  heart has no volume to measure, and its small errors against a poor segmenter's are no win.
 * Quality control: how well each score ranks the slices whose true ``dsc`` before correction is
   below ``params.bad_dice`` (low score = suspicious), as MONAI's AUROC.
 
@@ -38,8 +43,9 @@ from monai.metrics import compute_roc_auc
 from seglab.config import CorrectionReportParams
 from seglab.evaluation.nvae_report import _legend, _show
 from seglab.io import atomic_dir
-from seglab.metrics.anatomy import CRITERIA, AnatomyResult, check_slices
+from seglab.metrics.anatomy import CRITERIA
 from seglab.metrics.clinical import INDICES, clinical_errors, clinical_indices
+from seglab.metrics.emptied import ValidityResult, check_against
 from seglab.metrics.labels import NUM_LABELS, STRUCTURES
 from seglab.metrics.overlap import OverlapResult, overlap, summarize_overlap
 
@@ -74,7 +80,7 @@ class _Scored:
     """One mask set measured against the ground truth."""
 
     overlap: OverlapResult
-    anatomy: AnatomyResult
+    anatomy: ValidityResult  # valid excludes the slices emptied against the ground truth
     dsc: np.ndarray
     """float [N]: per-slice Dice, 1 where mask and ground truth are both empty."""
 
@@ -135,7 +141,7 @@ def _validate(
 def _score(mask: np.ndarray, gt: np.ndarray, spacing: np.ndarray) -> _Scored:
     result = overlap(mask, gt, spacing)
     dsc = np.where(np.isnan(result.dice_mean), 1.0, result.dice_mean)
-    return _Scored(result, check_slices(mask, spacing), dsc)
+    return _Scored(result, check_against(mask, gt, spacing), dsc)
 
 
 def _score_changes(
@@ -155,7 +161,10 @@ def _score_changes(
         fields[name] = merged
     errors, dsc = base.anatomy.errors.copy(), base.dsc.copy()
     errors[rows], dsc[rows] = part.anatomy.errors, part.dsc
-    return _Scored(OverlapResult(**fields), AnatomyResult(errors), dsc)
+    emptied = base.anatomy.emptied.copy()
+    emptied[rows] = part.anatomy.emptied
+    anatomy = ValidityResult(errors, emptied=emptied, hearts=base.anatomy.hearts)
+    return _Scored(OverlapResult(**fields), anatomy, dsc)
 
 
 def _subset(result: OverlapResult, rows: np.ndarray) -> OverlapResult:
@@ -168,12 +177,13 @@ def _subset(result: OverlapResult, rows: np.ndarray) -> OverlapResult:
     )
 
 
-def _dice_figures(result: OverlapResult, valid: np.ndarray) -> dict[str, float]:
+def _dice_figures(result: OverlapResult, anatomy: ValidityResult) -> dict[str, float]:
     summary = summarize_overlap(result)
     return {
         **{key: summary[key] for key in DICE_KEYS},
         "hd95_mean": summary["hd95_mean"],
-        "anatomical_validity": float(valid.mean()),
+        "anatomical_validity": float(anatomy.valid.mean()),
+        "emptied": int(anatomy.emptied.sum()),
     }
 
 
@@ -199,7 +209,7 @@ def _grouped(meta: pd.DataFrame, scored: Mapping[str, _Scored], column: str) -> 
     rows = []
     for value, index in meta.groupby(column, sort=True).indices.items():
         for name, result in scored.items():
-            figures = _dice_figures(_subset(result.overlap, index), result.anatomy.valid[index])
+            figures = _dice_figures(_subset(result.overlap, index), result.anatomy.take(index))
             rows.append({column: value, "method": name, "slices": len(index), **figures})
     return pd.DataFrame(rows)
 
@@ -230,10 +240,15 @@ def _volume(masks: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
 
 
 def _clinical(
-    meta: pd.DataFrame, gt: np.ndarray, masks: Mapping[str, np.ndarray]
-) -> tuple[pd.DataFrame, dict[str, dict[str, float]], int]:
+    meta: pd.DataFrame,
+    gt: np.ndarray,
+    masks: Mapping[str, np.ndarray],
+    emptied: Mapping[str, np.ndarray],
+) -> tuple[pd.DataFrame, dict[str, dict[str, float]], int, dict[str, int]]:
     """Per (patient, segmenter) with ED and ES rows: indices of every method and of the ground
-    truth (long table), each method's mean absolute error per index, and the volume count."""
+    truth (long table, with ``emptied``: the method erased a heart in that pair), each method's
+    mean absolute error per index over the pairs it did not empty, the volume count, and per
+    method the number of pairs it emptied (``emptied[name]``: bool [N] per row)."""
     volumes: dict[str, tuple[pd.DataFrame, pd.DataFrame, tuple[float, float, float]]] = {}
     keys: dict[str, tuple[str, str]] = {}
     for (patient, segmenter), rows in meta.groupby(["patient", "segmenter"], sort=True):
@@ -247,7 +262,7 @@ def _clinical(
             key = f"{patient} {segmenter}"
             volumes[key], keys[key] = (phases["ED"], phases["ES"], spacing), (patient, segmenter)
     if not volumes:
-        return pd.DataFrame(), {name: {} for name in masks}, 0
+        return pd.DataFrame(), {name: {} for name in masks}, 0, dict.fromkeys(masks, 0)
 
     def indices(labels: np.ndarray) -> dict[str, dict[str, float]]:
         return {
@@ -256,19 +271,38 @@ def _clinical(
         }
 
     truth = indices(gt)
-    tables, mae = [], {}
+    tables, mae, counts = [], {}, {}
     for name, labels in masks.items():
         errors = clinical_errors(indices(labels), truth)
-        mae[name] = errors.mean_absolute_error
+        erased = pd.Series(
+            {
+                key: bool(emptied[name][np.r_[ed.index, es.index]].any())
+                for key, (ed, es, _) in volumes.items()
+            }
+        ).reindex(errors.per_patient.index)
+        kept = errors.per_patient[~erased.to_numpy()]
+        mae[name] = {f"{i}_mae": float(kept[f"{i}_abs_error"].mean()) for i in INDICES}
+        counts[name] = int(erased.sum())
         for index in INDICES:
             columns = {f"{index}_{k}": k for k in ("true", "pred", "error", "abs_error")}
             part = errors.per_patient[list(columns)].rename(columns=columns)
-            tables.append(part.assign(method=name, index=index).reset_index())
+            part = part.assign(method=name, index=index, emptied=erased.to_numpy())
+            tables.append(part.reset_index())
     table = pd.concat(tables, ignore_index=True)
     pairs = table["patient"].map(keys)
     table = table.assign(patient=pairs.str[0], segmenter=pairs.str[1])
-    order = ["patient", "segmenter", "method", "index", "true", "pred", "error", "abs_error"]
-    return table[order], mae, len(volumes)
+    order = [
+        "patient",
+        "segmenter",
+        "method",
+        "index",
+        "true",
+        "pred",
+        "error",
+        "abs_error",
+        "emptied",
+    ]
+    return table[order], mae, len(volumes), counts
 
 
 def _roc_curve(suspicion: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -502,6 +536,7 @@ def _slice_table(
         if name in deltas:
             table[f"delta_{name}"] = deltas[name]
         table[f"valid_{name}"] = result.anatomy.valid
+        table[f"emptied_{name}"] = result.anatomy.emptied
     for name, score in scores.items():
         table[f"score_{name}"] = score
     table["bad_before"] = bad
@@ -557,7 +592,9 @@ def _report_text(
         "in the ground truth or the mask, 1 when both are empty; dataset Dice is the mean of the "
         "three class means (structures absent from both excluded). A slice counts as improved "
         f"(worsened) when its Dice rises (falls) by more than {params.changed:g}; "
-        f"`large_up`/`large_down` count changes beyond {params.large:g}.",
+        f"`large_up`/`large_down` count changes beyond {params.large:g}. A mask that is all "
+        "background where the ground truth shows a heart breaks no anatomical criterion but is "
+        "never valid: such slices are counted apart (`emptied`) and never `made_valid`.",
         f"## Against the study\nThe study's figures come from its ACDCSeg test set "
         f"({STUDY_SLICES} slices); ours from the rows given here.\n\n"
         + _markdown(tables["comparison"]),
@@ -571,7 +608,9 @@ def _report_text(
         "removing a false positive lifts its Dice from 0 to 1.\n\n" + _markdown(tables["empty_gt"]),
         f"## Clinical indices\n{summary['clinical_volumes']} (patient, segmenter) pairs with ED "
         "and ES rows; mean absolute error against the ground truth's indices "
-        "(volumes ml, EF %, mass g).\n\n"
+        "(volumes ml, EF %, mass g). A pair in which a method emptied a slice is left out of "
+        "that method's errors and counted apart (`emptied_volumes`): an erased heart has no "
+        "volume to compare.\n\n"
         + (_markdown(clinical_mae) if len(clinical_mae) else "No pair has both phases."),
         f"## Quality control without ground truth\nBad slice: Dice before correction below "
         f"{params.bad_dice:g}; a low score should flag it (AUROC 1 = perfect ranking, "
@@ -591,6 +630,7 @@ def _summary(
     mae: Mapping[str, Mapping[str, float]],
     qc: Mapping[str, Mapping[str, Any]],
     volumes: int,
+    clinical_emptied: Mapping[str, int],
 ) -> dict[str, Any]:
     """The metrics file: one flat dict per method, QC per score, and the counts."""
     summary: dict[str, Any] = {
@@ -600,10 +640,11 @@ def _summary(
     }
     for name, result in scored.items():
         summary[name] = {
-            **_dice_figures(result.overlap, result.anatomy.valid),
+            **_dice_figures(result.overlap, result.anatomy),
             **changes.get(name, {}),
             "empty_gt_pred_nonempty": int(empty.loc[name, "pred_nonempty"]),
             **{f"{key}_mae": mae[name].get(f"{key}_mae") for key in INDICES},
+            "clinical_emptied": clinical_emptied[name],
         }
     summary["qc"] = {
         name: {k: v for k, v in entry.items() if k != "note"} for name, entry in qc.items()
@@ -620,7 +661,7 @@ def _tables(
 ) -> dict[str, pd.DataFrame]:
     """The report's tables, each also written as ``<name>.csv``."""
     methods = list(scored)
-    headline = (*DICE_KEYS, "hd95_mean", "anatomical_validity")
+    headline = (*DICE_KEYS, "hd95_mean", "anatomical_validity", "emptied")
     change_columns = ["method", *CHANGE_KEYS, "delta_mean", "made_valid", "made_invalid"]
     return {
         "comparison": _comparison(summary, methods),
@@ -642,13 +683,19 @@ def _tables(
     }
 
 
-def _clinical_mae(mae: Mapping[str, Mapping[str, float]], volumes: int) -> pd.DataFrame:
+def _clinical_mae(
+    mae: Mapping[str, Mapping[str, float]], volumes: int, emptied: Mapping[str, int]
+) -> pd.DataFrame:
+    """Mean absolute error per index and method, and the pairs each method emptied (left out)."""
     if not volumes:
         return pd.DataFrame()
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {n: [m.get(f"{k}_mae") for k in INDICES] for n, m in mae.items()},
         index=pd.Index(INDICES, name="index"),
+        dtype=object,
     )
+    table.loc["emptied_volumes"] = [emptied[n] for n in table.columns]
+    return table
 
 
 def correction_report(
@@ -680,11 +727,13 @@ def correction_report(
     changes = {n: _changes(deltas[n], scored[BEFORE], scored[n], params) for n in deltas}
     bad = scored[BEFORE].dsc < params.bad_dice
     qc = _qc(scores, bad)
-    clinical, mae, volumes = _clinical(meta, gt, masks)
+    clinical, mae, volumes, clinical_emptied = _clinical(
+        meta, gt, masks, {n: result.anatomy.emptied for n, result in scored.items()}
+    )
     empty = _empty_gt(scored, deltas, params.changed).set_index("method")
-    summary = _summary(scored, changes, empty, mae, qc[0], volumes)
+    summary = _summary(scored, changes, empty, mae, qc[0], volumes, clinical_emptied)
     tables = _tables(meta, scored, changes, summary, empty)
-    clinical_mae = _clinical_mae(mae, volumes)
+    clinical_mae = _clinical_mae(mae, volumes, clinical_emptied)
     figures = _figures(meta, image, gt, masks, scored, deltas, changes, qc, params)
     with atomic_dir(out_dir) as out, atomic_dir(plots_dir) as plots:
         _slice_table(meta, scored, deltas, scores, bad).to_csv(out / "slices.csv", index=False)

@@ -4,7 +4,10 @@
   the figures are deterministic; Dice and HD95 per structure (``seglab.metrics.overlap``, keys
   ``dice_*``/``hd95_*``) against the targets, and the anatomical validity of the reconstructions
   (``anatomical_validity``) next to that of the targets themselves (``target_validity``, the
-  ceiling a model that copied its targets would reach).
+  ceiling a model that copied its targets would reach). A reconstruction that is all
+  background where its target shows a heart is never valid; such slices are counted apart
+  (``emptied``, and ``emptied_fraction`` of the targets with a heart:
+  :mod:`seglab.metrics.emptied`).
 * Generation: masks decoded from the prior (``temperature`` scales every std; the NVAE paper
   samples below 1 for sharper images) and the share of them that show a heart and are
   anatomically valid (``sample_validity``): a model that learned the shape of a heart generates
@@ -29,6 +32,7 @@ from matplotlib.patches import Patch
 from torch import Tensor
 
 from seglab.metrics.anatomy import check_slices
+from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.labels import NUM_LABELS, RV, STRUCTURE_LABELS, STRUCTURES
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.nvae import Nvae
@@ -41,6 +45,7 @@ COLOURS = ListedColormap(["black", "tab:blue", "tab:green", "tab:red"])
 KEYS = (
     *OVERLAP_KEYS,
     "anatomical_validity",
+    *EMPTIED_KEYS,
     "target_validity",
     "sample_validity",
 )
@@ -147,9 +152,11 @@ def evaluate_nvae(
     target_labels = _labels(torch.as_tensor(targets)) if np.ndim(targets) == 4 else targets
     target_labels = np.asarray(target_labels, dtype=np.uint8)
     summary = summarize_overlap(overlap(recon, target_labels, spacing))
+    validity = check_against(recon, target_labels, spacing).summary()
     figures: dict[str, Any] = {
         **{k: summary[k] for k in OVERLAP_KEYS},
-        "anatomical_validity": check_slices(recon, spacing).summary()["anatomical_validity"],
+        "anatomical_validity": validity["anatomical_validity"],
+        **{k: validity[k] for k in EMPTIED_KEYS},
         "target_validity": check_slices(target_labels, spacing).summary()["anatomical_validity"],
     }
     if samples > 0:

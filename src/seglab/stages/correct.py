@@ -14,7 +14,9 @@ The model is a registry URI (``models:/acdc-nvae-corrector@champion``, ``models:
 ``runs:/...``) or the path of a corrector checkpoint (``models/correctors/nvae.ckpt``). Beside
 the volume a CSV gives per-slice QC: agreement of input and correction, the input's
 plausibility to the NVAE of ground-truth masks (when ``<root>/<nvae.models>/nvae.ckpt`` is
-there), anatomical validity before and after, and whether the correction was taken.
+there), anatomical validity before and after, whether the correction erased the input's heart
+(``emptied``: all background where the input is not; never valid, never taken by the gate, and
+named in the summary), and whether the correction was taken.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from seglab.errors import DataError, SeglabError
 from seglab.evaluation.correction import correct, gate, mask_agreement, plausibility
 from seglab.io import atomic_file
 from seglab.metrics.anatomy import check_slices
+from seglab.metrics.emptied import check_against
 from seglab.models.nvae import Nvae
 from seglab.stages.nvae import CHECKPOINT, load_nvae
 from seglab.tracking.registry import load_model, resolve_version
@@ -68,6 +71,7 @@ QC_COLUMNS = (
     "plausibility",
     "valid_before",
     "valid_corrected",
+    "emptied",
     "valid_after",
     "taken",
     "changed_voxels",
@@ -116,6 +120,8 @@ class CorrectSummary:
     valid_before: int
     valid_after: int
     plausibility: float | None  # mean plausibility of the input (no NVAE checkpoint: None)
+    emptied: tuple[int, ...] = ()  # slices whose correction erased the input's heart
+    emptied_written: bool = False  # ... and were written so (plain mode); gated: input kept
 
 
 def load_corrector(model: str, params: CardiacParams, root: Path) -> Corrector:
@@ -184,7 +190,8 @@ def correct_volume(
     after = corrector(_inputs(before, corrector.in_channels, corrector.name))
     agreement = mask_agreement(before, after)
     valid_before = check_slices(before, slices.spacing).valid
-    valid_corrected = check_slices(after, slices.spacing).valid
+    checked = check_against(after, before, slices.spacing)  # an erased heart is never valid
+    valid_corrected, emptied = checked.valid, checked.emptied
     plaus = plausibility(gt_nvae, before) if gt_nvae is not None else None
     taken = np.ones(len(before), bool)
     if gated:
@@ -202,6 +209,7 @@ def correct_volume(
             "plausibility": plaus if plaus is not None else np.full(len(before), np.nan),
             "valid_before": valid_before,
             "valid_corrected": valid_corrected,
+            "emptied": emptied,
             "valid_after": valid_after,
             "taken": taken,
             "changed_voxels": changed_voxels,
@@ -226,6 +234,8 @@ def correct_volume(
         valid_before=int(valid_before.sum()),
         valid_after=int(valid_after.sum()),
         plausibility=float(plaus.mean()) if plaus is not None and len(plaus) else None,
+        emptied=tuple(int(z) for z in np.flatnonzero(emptied)),
+        emptied_written=bool((emptied & taken).any()),
     )
 
 
@@ -244,6 +254,16 @@ def render_summary(summary: CorrectSummary) -> str:
     ]
     if s.plausibility is not None:
         lines.append(f"  mean plausibility of the input: {s.plausibility:.4f}")
+    if s.emptied:
+        what = (
+            "written as corrected and counted invalid (--gated keeps the input there)"
+            if s.emptied_written
+            else "not taken: the input is kept there"
+        )
+        lines.append(
+            f"  emptied: the correction erased the heart of {len(s.emptied)} slice"
+            f"{'s' if len(s.emptied) > 1 else ''} ({', '.join(map(str, s.emptied))}): {what}"
+        )
     lines.append(f"  per-slice QC: {s.qc}")
     return "\n".join(lines)
 

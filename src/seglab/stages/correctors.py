@@ -11,14 +11,17 @@ wherever names and shapes match.
 On the test rows the stage then writes what the correction report needs, in
 ``<predictions>/<variant>.npz``: the corrected masks, the gated masks (``seglab.evaluation.
 correction.gate``: the correction is taken only where it is anatomically valid and the input
-was not, or where the input is implausible to the NVAE of ground-truth masks), the per-slice
-validity of input and output, the input's plausibility and its agreement with the correction,
-and the row keys (patient, phase, slice, segmenter) to align with ACDCSeg.
+was not, or where the input is implausible to the NVAE of ground-truth masks, and never where
+it erases the input's heart), the per-slice validity of input and output (an output that is
+all background where its input is not is invalid, and flagged in ``emptied``), the input's
+plausibility and its agreement with the correction, and the row keys (patient, phase, slice,
+segmenter) to align with ACDCSeg.
 
 MLflow: experiment ``acdc-correctors``, one run per variant with the per-step NVAE curves and the
 test figures of the corrected and gated masks (the same keys as every ACDC model: ``dice_mean``,
-``dice_lv``, ..., ``anatomical_validity``; the input's as ``input_*``, the gated ones as
-``gated_*``); registered as ``acdc-nvae-corrector`` / ``acdc-nvae-context``.
+``dice_lv``, ..., ``anatomical_validity``, ``emptied``, ``emptied_fraction``, judged against the
+ground truth; the input's as ``input_*``, the gated ones as ``gated_*``); registered as
+``acdc-nvae-corrector`` / ``acdc-nvae-context``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from seglab.evaluation.correction import correct, gate, mask_agreement, plausibi
 from seglab.evaluation.nvae_report import reconstruction_figure
 from seglab.io import atomic_file, write_json
 from seglab.metrics.anatomy import check_slices
+from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.nvae import KLDivergenceError
 from seglab.models.segmenters import parameter_count, weights_mb
@@ -81,9 +85,12 @@ def _current(slices: SliceSet, variant: str) -> np.ndarray:
 
 
 def _figures(prefix: str, labels: np.ndarray, gt: np.ndarray, spacing: np.ndarray) -> dict:
+    """Overlap, validity and emptied slices against the ground truth, keys with ``prefix``."""
     summary = summarize_overlap(overlap(labels, gt, spacing))
-    validity = check_slices(labels, spacing).summary()["anatomical_validity"]
-    figures = {k: summary[k] for k in OVERLAP_KEYS} | {"anatomical_validity": validity}
+    validity = check_against(labels, gt, spacing).summary()
+    figures = {k: summary[k] for k in OVERLAP_KEYS} | {
+        k: validity[k] for k in ("anatomical_validity", *EMPTIED_KEYS)
+    }
     return {f"{prefix}{k}": v for k, v in figures.items()}
 
 
@@ -150,8 +157,11 @@ def train_corrector(
         before = _current(test, variant)
         after = correct(fitted.module, stored, batch_size=batch, device=device)
         spacing = test.spacing
+        # Judged as `seglab correct` judges them, without ground truth: an output that erases
+        # its input's heart is invalid (and the gate never takes it).
         valid_before = check_slices(before, spacing).valid
-        valid_after = check_slices(after, spacing).valid
+        checked_after = check_against(after, before, spacing)
+        valid_after = checked_after.valid
         apply_speedups(gt_nvae, variant_cfg.trainer.channels_last, compile=False)
         plausible = plausibility(gt_nvae, before, batch_size=batch, device=device)
         gated = gate(before, after, valid_before, valid_after, plausible, cfg.gate)
@@ -206,6 +216,7 @@ def train_corrector(
                 "taken": gated.taken,
                 "valid_before": valid_before,
                 "valid_after": valid_after,
+                "emptied": checked_after.emptied,
                 "plausibility": plausible,
                 "agreement": mask_agreement(before, after),
             },

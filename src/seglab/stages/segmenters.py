@@ -48,9 +48,9 @@ from seglab.data.splits import SPLITS
 from seglab.data.store import SliceSet, load_split
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.io import atomic_file, write_json
-from seglab.metrics.anatomy import check_slices
+from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
-from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
+from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap, volume_dice
 from seglab.models.segmenters import ARCHS, build_segmenter, parameter_count, weights_mb
 from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, tracked_run
 from seglab.tracking.models import log_and_register
@@ -65,7 +65,9 @@ DATASET = "acdc_prepared"
 CLASS_NAMES = dict(zip(STRUCTURE_LABELS, STRUCTURES, strict=True))
 MONITOR = "val_dice_mean"
 #: Test figures logged to every run, under the same keys for every architecture.
-TEST_KEYS = (*OVERLAP_KEYS, "anatomical_validity")
+TEST_KEYS = (*OVERLAP_KEYS, "anatomical_validity", *EMPTIED_KEYS)
+#: The same Dice pooled per 3D volume (the ACDC challenge's measure), beside the per-slice one.
+VOLUME_KEYS = ("dice3d_mean", "dice3d_lv", "dice3d_myo", "dice3d_rv")
 INSAMPLE = "insample"
 
 
@@ -171,15 +173,26 @@ def predict_labels(
 def evaluate(pred: np.ndarray, slices: SliceSet) -> dict[str, Any]:
     """Dice, HD95 (mm, at each slice's spacing) and anatomical validity of predictions.
 
-    The :data:`TEST_KEYS` figures come first; the rest of the overlap summary (absent-structure
-    case counts) follows for the metrics file.
+    A prediction that is all background where the ground truth shows a heart is never valid and
+    is counted apart (``emptied``, and ``emptied_fraction`` of the slices with a heart).
+    The :data:`TEST_KEYS` figures come first, then the volume Dice (:data:`VOLUME_KEYS`); the
+    rest of the overlap summary (absent-structure case counts) follows for the metrics file.
     """
     summary = summarize_overlap(overlap(pred, slices.label, slices.spacing))
-    validity = check_slices(pred, slices.spacing).summary()["anatomical_validity"]
-    figures = {**summary, "anatomical_validity": validity}
-    return {key: figures[key] for key in TEST_KEYS} | {
-        key: value for key, value in figures.items() if key not in TEST_KEYS
-    }
+    checked = check_against(pred, slices.label, slices.spacing).summary()
+    figures = {**summary, **{k: checked[k] for k in ("anatomical_validity", *EMPTIED_KEYS)}}
+    volumes = volume_dice(pred, slices.label, volume_ids(slices))
+    return (
+        {key: figures[key] for key in TEST_KEYS}
+        | volumes
+        | {key: value for key, value in figures.items() if key not in TEST_KEYS}
+    )
+
+
+def volume_ids(slices: SliceSet) -> np.ndarray:
+    """One id per 3D volume (patient and frame) for :func:`~seglab.metrics.overlap.volume_dice`."""
+    meta = slices.meta
+    return (meta["patient"].astype(str) + "/" + meta["frame"].astype(str)).to_numpy()
 
 
 def patient_folds(meta: pd.DataFrame, folds: int, seed: int) -> dict[str, int]:
@@ -327,7 +340,7 @@ def train_segmenter(
             "params_count": parameter_count(best.net),
             "model_mb": weights_mb(best.net),
         }
-        log_metrics({**{k: figures[k] for k in TEST_KEYS}, **sizes})
+        log_metrics({**{k: figures[k] for k in (*TEST_KEYS, *VOLUME_KEYS)}, **sizes})
         log_figure(sample_figure(test, pred), "plots/test_predictions.png")
         version = log_and_register(
             best.net,

@@ -4,7 +4,9 @@ Every registered model (``acdc-segmenter-<arch>``, ``acdc-nvae``, ``acdc-nvae-co
 ``acdc-nvae-context``, ``lgg-<arch>-<encoder>``) has at most one ``champion`` (the version the
 project ships and every stage loads as ``models:/NAME@champion``) and optionally a
 ``challenger`` (the version proposed to replace it). :func:`promote` moves ``champion`` only
-when the candidate is better on the model's metric and no worse in anatomical validity.
+when the candidate is fit to be one at all (at or above the absolute floor of its metric, its
+predictions not empty: ``promotion`` params, :class:`~seglab.config.PromotionParams`) and better
+than the champion on the model's metric and no worse in anatomical validity.
 
 Conventions (defined here, and only here, so that the training stages can follow them):
 
@@ -15,7 +17,9 @@ Conventions (defined here, and only here, so that the training stages can follow
   versions are compared only when both agree on the split and the dataset.
 * **The figures.** The metrics of the version's run (last logged value), under the architecture's
   keys: ``dice_mean`` by default for ``acdc-*`` models, ``iou`` for ``lgg-*`` models;
-  ``anatomical_validity`` guards the promotion when the champion has it.
+  ``anatomical_validity`` guards the promotion when the champion has it; ``emptied_fraction``
+  (the share of slices with a heart on which the masks are all background) refuses a candidate
+  whose predictions are empty, when its run records it.
 * **The history.** Each decision is a JSON :class:`Decision` in the candidate version's tag
   ``promotion.<UTC stamp>``; a replaced champion gets ``demotion.<UTC stamp>`` naming its
   successor. :func:`promotion_history` reads them back in time order.
@@ -41,9 +45,9 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -53,7 +57,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from seglab.config import TrackingParams
+from seglab.config import PromotionParams, TrackingParams
 from seglab.errors import ConfigError, SeglabError
 from seglab.tracking.lineage import git_commit
 from seglab.tracking.runs import configure, log_dict, tracked_run
@@ -69,6 +73,7 @@ PROMOTION_TAG = "promotion."
 DEMOTION_TAG = "demotion."
 ALIAS_TAG = "alias."
 VALIDITY = "anatomical_validity"
+EMPTIED = "emptied_fraction"  # seglab.metrics.emptied.EMPTIED_FRACTION
 # Promotions are runs too (lineage of the decision itself); under `mlflow run -e promote` the
 # launcher's run is adopted, so the entry point leaves exactly one run.
 PROMOTION_EXPERIMENT = "model-promotions"
@@ -119,6 +124,8 @@ class Evaluated:
     split: str | None
     dataset: str | None
     commit: str | None  # the git commit of the run that trained it
+    emptied: float | None = None  # emptied_fraction: masks all background where a heart is
+    floored: dict[str, float] = field(default_factory=dict)  # values of the metrics with a floor
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,8 @@ class Decision:
     promotion_run: str | None = None
     dry_run: bool = False
     repeat_of: str | None = None  # time of an identical earlier rejection (not recorded again)
+    floors: dict[str, float] = field(default_factory=dict)  # the floors checked
+    max_emptied: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -209,7 +218,20 @@ def _data_hashes(tags: dict[str, str]) -> str | None:
     return ",".join(f"{name}={md5}" for name, md5 in pairs) or None
 
 
-def _evaluated(client: MlflowClient, model: str, version: str, metric: str) -> Evaluated:
+def floored_metrics(model: str, metric: str, floors: Mapping[str, float]) -> tuple[str, ...]:
+    """The metrics whose floor a candidate must meet: the one promoted on, and the model
+    family's own (:func:`default_metric`), so that ranking on size or speed never crowns a
+    model that segments nothing; only those with a floor."""
+    names = [metric]
+    family = next((m for prefix, m in DEFAULT_METRICS if model.startswith(prefix)), None)
+    if family is not None and family != metric:
+        names.append(family)
+    return tuple(name for name in names if name in floors)
+
+
+def _evaluated(
+    client: MlflowClient, model: str, version: str, metric: str, floored: tuple[str, ...] = ()
+) -> Evaluated:
     mv = _version(client, model, version)
     if not mv.run_id:
         raise SeglabError(f"{model} version {version} has no run: its figures are unknown")
@@ -226,6 +248,14 @@ def _evaluated(client: MlflowClient, model: str, version: str, metric: str) -> E
         )
     version_tags = mv.tags or {}
     validity = metrics.get(VALIDITY)
+    emptied = metrics.get(EMPTIED)
+    values = {name: metrics.get(name) for name in floored}
+    missing = [name for name, v in values.items() if v is None or not math.isfinite(v)]
+    if missing:
+        raise SeglabError(
+            f"{model} version {version}: run {mv.run_id} has no metric '{missing[0]}' to check "
+            "its promotion floor against"
+        )
     return Evaluated(
         version=str(mv.version),
         run_id=mv.run_id,
@@ -238,7 +268,37 @@ def _evaluated(client: MlflowClient, model: str, version: str, metric: str) -> E
             or _data_hashes(run_tags)
         ),
         commit=run_tags.get("git.commit"),
+        emptied=float(emptied) if emptied is not None and math.isfinite(emptied) else None,
+        floored={name: float(v) for name, v in values.items() if v is not None},
     )
+
+
+def _unfit(
+    candidate: Evaluated,
+    *,
+    metric: str,
+    goal: Goal,
+    floors: Mapping[str, float],
+    max_emptied: float | None,
+) -> str | None:
+    """Why ``candidate`` cannot be champion whatever the champion, or None: its predictions are
+    empty, or a metric is on the wrong side of its floor (a maximum for lower-is-better)."""
+    if max_emptied is not None and candidate.emptied is not None:
+        if candidate.emptied > max_emptied:
+            return (
+                f"predictions empty: all background on {candidate.emptied:.1%} of the slices "
+                f"with a heart ({EMPTIED} {candidate.emptied:.4g} > {max_emptied:g})"
+            )
+    for name, value in candidate.floored.items():
+        if name not in floors:
+            continue
+        bound = floors[name]
+        if (goal if name == metric else metric_goal(name)) == "max":
+            if value < bound:
+                return f"{name} {value:.4g} below the floor {bound:g}"
+        elif value > bound:
+            return f"{name} {value:.4g} above the ceiling {bound:g} (lower is better)"
+    return None
 
 
 def _check_comparable(model: str, candidate: Evaluated, champion: Evaluated) -> None:
@@ -271,12 +331,23 @@ def decide(
     metric: str,
     goal: Goal,
     min_delta: float,
+    floors: Mapping[str, float] | None = None,
+    max_emptied: float | None = None,
 ) -> tuple[Outcome, str]:
-    """The promotion rule. Raises :class:`SeglabError` when the two cannot be compared."""
+    """The promotion rule. Raises :class:`SeglabError` when the two cannot be compared.
+
+    A candidate below the floor of a metric in ``candidate.floored`` (``floors``; a ceiling
+    for a lower-is-better metric), or whose ``emptied_fraction`` exceeds ``max_emptied``, is
+    rejected before any comparison, the first version of a model included."""
+    if champion is not None and candidate.version == champion.version:
+        return "unchanged", f"version {candidate.version} is already the champion"
+    unfit = _unfit(
+        candidate, metric=metric, goal=goal, floors=floors or {}, max_emptied=max_emptied
+    )
+    if unfit is not None:
+        return "rejected", unfit
     if champion is None:
         return "promoted", "first champion"
-    if candidate.version == champion.version:
-        return "unchanged", f"version {candidate.version} is already the champion"
     _check_comparable(model, candidate, champion)
     gain = candidate.value - champion.value if goal == "max" else champion.value - candidate.value
     if gain <= 0 or gain < min_delta:
@@ -344,8 +415,14 @@ def _earlier_rejection(mv: ModelVersion, decision: Decision) -> str | None:
         last.outcome == decision.outcome == "rejected"
         and (last.champion and last.champion.version)
         == (decision.champion and decision.champion.version)
-        and (last.metric, last.goal, last.min_delta)
-        == (decision.metric, decision.goal, decision.min_delta)
+        and (last.metric, last.goal, last.min_delta, last.floors, last.max_emptied)
+        == (
+            decision.metric,
+            decision.goal,
+            decision.min_delta,
+            decision.floors,
+            decision.max_emptied,
+        )
     )
     return last.time if same else None
 
@@ -361,12 +438,23 @@ def _decide_now(
     commit: str,
     run_id: str | None,
     dry_run: bool,
+    rules: PromotionParams,
 ) -> tuple[Decision, dict[str, str]]:
     aliases = _aliases(client, model)
-    candidate = _evaluated(client, model, _candidate(client, model, aliases, version), metric)
+    floored = floored_metrics(model, metric, rules.floors)
+    picked = _candidate(client, model, aliases, version)
+    candidate = _evaluated(client, model, picked, metric, floored)
     champion = _evaluated(client, model, aliases[CHAMPION], metric) if CHAMPION in aliases else None
+    floors = {name: rules.floors[name] for name in floored}
     outcome, reason = decide(
-        model, candidate, champion, metric=metric, goal=goal, min_delta=min_delta
+        model,
+        candidate,
+        champion,
+        metric=metric,
+        goal=goal,
+        min_delta=min_delta,
+        floors=floors,
+        max_emptied=rules.max_emptied,
     )
     decision = Decision(
         model=model,
@@ -381,6 +469,8 @@ def _decide_now(
         git_commit=commit,
         promotion_run=run_id,
         dry_run=dry_run,
+        floors=floors,
+        max_emptied=rules.max_emptied,
     )
     return decision, aliases
 
@@ -427,6 +517,7 @@ def _promote_one(
     run_id: str | None,
     dry_run: bool,
     lock_timeout_s: float,
+    rules: PromotionParams,
 ) -> Decision:
     metric = metric or default_metric(model)
     options: dict[str, Any] = {
@@ -436,6 +527,7 @@ def _promote_one(
         "commit": commit,
         "run_id": run_id,
         "dry_run": dry_run,
+        "rules": rules,
     }
     if dry_run:
         return _decide_now(client, model, version, **options)[0]
@@ -487,14 +579,18 @@ def promote(
     dry_run: bool = False,
     params_file: Path | None = None,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
+    rules: PromotionParams | None = None,
 ) -> Decision:
     """Decide whether ``version`` (default: the challenger, else the newest) replaces the
     champion of ``model``, record the decision on the versions and move the aliases.
 
-    The decision is also an MLflow run in :data:`PROMOTION_EXPERIMENT` carrying the lineage of
-    the checkout that made it. ``dry_run`` decides and changes nothing (no run, no tag, no alias).
+    ``rules`` (default: :class:`~seglab.config.PromotionParams`' defaults) are the floors and
+    the emptied share no candidate may pass, whatever the champion. The decision is also an
+    MLflow run in :data:`PROMOTION_EXPERIMENT` carrying the lineage of the checkout that made
+    it. ``dry_run`` decides and changes nothing (no run, no tag, no alias).
     """
     _check_options(min_delta, goal)
+    rules = rules or PromotionParams()
     client, uri = _client(tracking, root)
     _aliases(client, model)  # an unknown model is refused before any run is opened
     metric = metric or default_metric(model)
@@ -506,12 +602,13 @@ def promote(
         "commit": git_commit(root) or "unknown",
         "dry_run": dry_run,
         "lock_timeout_s": lock_timeout_s,
+        "rules": rules,
     }
     if dry_run:
         return _promote_one(client, uri, model, version, run_id=None, **options)
     settings = {"model": model, "version": version or "default", "metric": metric, "goal": goal}
     with _promotion_run(
-        tracking, root, f"promote {model}", {**settings, "min_delta": min_delta}, params_file
+        tracking, root, f"promote {model}", {**settings, **_settings(min_delta, rules)}, params_file
     ) as run_id:
         decision = _promote_one(client, uri, model, version, run_id=run_id, **options)
         _log_decisions(client, run_id, [decision])
@@ -529,14 +626,17 @@ def promote_all(
     params_file: Path | None = None,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
     prefix: str = "",
+    rules: PromotionParams | None = None,
 ) -> dict[str, Decision | SeglabError]:
     """:func:`promote` every registered model whose name starts with ``prefix`` (its default
     candidate), in one run; each study's pipeline promotes its own family (``acdc-``, ``lgg-``).
 
     A model that cannot be compared is reported (its :class:`SeglabError`) and the others still
-    proceed: after ``dvc repro``, every comparable model has a champion.
+    proceed: after ``dvc repro``, every comparable model fit to be champion has one (``rules``:
+    see :func:`promote`).
     """
     _check_options(min_delta, goal)
+    rules = rules or PromotionParams()
     client, uri = _client(tracking, root)
     registered = (m.name for m in client.search_registered_models())
     models = sorted(name for name in registered if name.startswith(prefix))
@@ -547,6 +647,7 @@ def promote_all(
         "commit": git_commit(root) or "unknown",
         "dry_run": dry_run,
         "lock_timeout_s": lock_timeout_s,
+        "rules": rules,
     }
 
     def each(run_id: str | None) -> dict[str, Decision | SeglabError]:
@@ -562,7 +663,7 @@ def promote_all(
         return each(None)
     settings = {"model": f"{prefix}*", "metric": metric or "default", "goal": goal or "default"}
     with _promotion_run(
-        tracking, root, "promote --all", {**settings, "min_delta": min_delta}, params_file
+        tracking, root, "promote --all", {**settings, **_settings(min_delta, rules)}, params_file
     ) as run_id:
         results = each(run_id)
         _log_decisions(client, run_id, [d for d in results.values() if isinstance(d, Decision)])
@@ -570,6 +671,12 @@ def promote_all(
         if refused:
             log_dict(refused, "refused.json")
     return results
+
+
+def _settings(min_delta: float, rules: PromotionParams) -> dict[str, object]:
+    """The promotion rule's settings, as the promotion run's params."""
+    floors = ",".join(f"{name}={value:g}" for name, value in sorted(rules.floors.items()))
+    return {"min_delta": min_delta, "floors": floors or "none", "max_emptied": rules.max_emptied}
 
 
 def _log_decisions(client: MlflowClient, run_id: str, decisions: list[Decision]) -> None:
@@ -638,10 +745,10 @@ def _figure(value: float | None) -> str:
 def render_decision(d: Decision) -> str:
     """What a promotion decided and on which figures, for the terminal."""
     was = f"version {d.champion.version}" if d.champion else "none"
+    kept = f"kept {was} as {CHAMPION}" if d.champion else f"no {CHAMPION}"
     head = {
         "promoted": f"promoted version {d.candidate.version} to {CHAMPION} (was {was})",
-        "rejected": f"kept version {was.removeprefix('version ')} as {CHAMPION}; "
-        f"rejected version {d.candidate.version}",
+        "rejected": f"{kept}; rejected version {d.candidate.version}",
         "unchanged": f"nothing to do: version {d.candidate.version} is already {CHAMPION}",
     }[d.outcome]
     direction = "higher" if d.goal == "max" else "lower"
@@ -657,6 +764,15 @@ def render_decision(d: Decision) -> str:
             f"  {VALIDITY}: candidate {_figure(d.candidate.validity)}, "
             f"champion {_figure(d.champion.validity if d.champion else None)}"
         )
+    required = [
+        f"{name} {'>=' if (d.goal if name == d.metric else metric_goal(name)) == 'max' else '<='} "
+        f"{bound:g} (candidate {_figure(d.candidate.floored.get(name))})"
+        for name, bound in d.floors.items()
+    ]
+    if d.max_emptied is not None and d.candidate.emptied is not None:
+        required.append(f"{EMPTIED} <= {d.max_emptied:g} (candidate {d.candidate.emptied:.4g})")
+    if required:
+        lines.append(f"  required of any champion: {'; '.join(required)}")
     lines.append(
         f"  evaluated on split {d.candidate.split or '?'}, dataset {d.candidate.dataset or '?'}"
     )
