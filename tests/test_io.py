@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from seglab.io import atomic_dir, atomic_file, write_json
+from seglab.errors import SeglabError
+from seglab.io import atomic_dir, atomic_file, refuse_overwriting_inputs, write_json
 
 
 def test_write_json_is_strict_json(tmp_path: Path) -> None:
@@ -37,3 +39,34 @@ def test_atomic_dir_replaces_previous_output(tmp_path: Path) -> None:
             (tmp / "f.txt").write_text(content)
     assert (tmp_path / "out/f.txt").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_an_output_that_is_an_input_is_refused_naming_both(tmp_path: Path) -> None:
+    seg = tmp_path / "seg.nii.gz"
+    seg.write_bytes(b"labels")
+    (tmp_path / "link.nii.gz").symlink_to(seg)
+    os.link(seg, tmp_path / "hard.nii.gz")
+    for out in (
+        seg,
+        tmp_path / "link.nii.gz",
+        tmp_path / "hard.nii.gz",
+        tmp_path / "x/../seg.nii.gz",
+    ):
+        with pytest.raises(SeglabError) as caught:
+            refuse_overwriting_inputs({"-o": out, "--qc": None}, {"SEG": seg})
+        message = str(caught.value)
+        assert f"-o {out} is the input SEG {seg}" in message and "\n" not in message
+    # a folder replaced whole may not hold an input
+    with pytest.raises(SeglabError, match=f"OUT {tmp_path} holds the input SEG {seg}"):
+        refuse_overwriting_inputs({"OUT": tmp_path}, {"SEG": seg})
+    # two outputs on one file: the second would replace the first
+    with pytest.raises(SeglabError, match="-o .* and --qc .* are the same file"):
+        refuse_overwriting_inputs(
+            {"-o": tmp_path / "out.nii.gz", "--qc": tmp_path / "out.nii.gz"}, {"SEG": seg}
+        )
+    # distinct paths (existing or not), missing inputs and unset entries pass
+    refuse_overwriting_inputs(
+        {"-o": tmp_path / "new.nii.gz", "--qc": tmp_path / "new.qc.csv"},
+        {"SEG": seg, "--image": tmp_path / "missing.nii.gz", "--model": None},
+    )
+    assert seg.read_bytes() == b"labels"

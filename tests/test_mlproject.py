@@ -8,11 +8,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 from mlflow.projects import _project_spec
+from packaging.specifiers import SpecifierSet
 
 from seglab.cli import build_parser
 from seglab.config import TrackingParams
@@ -21,7 +24,7 @@ from seglab.tracking.runs import ensure_experiment, log_metrics, tracked_run
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stand-in values for parameters without a default, by MLflow parameter type (a float that is
-# also a whole number: search_nvae's n_trials is a count).
+# also a whole number, should a count be declared as one).
 EXAMPLES = {"string": "acdc-nvae", "float": "3", "int": "3", "path": "params.yaml"}
 SEGLAB = Path(sys.executable).parent / "seglab"  # the console script of this environment
 
@@ -111,6 +114,8 @@ def test_typed_parameters_reach_the_commands(monkeypatch: pytest.MonkeyPatch) ->
 
     args = parsed("search_nvae", {"n_trials": "27", "sampler": "grid"})
     assert (args.target, args.n_trials, args.sampler) == ("gt", 27, "grid")
+    args = parsed("search_nvae", {})  # n_trials from the params file (search.n_trials)
+    assert (args.target, args.n_trials, args.params) == ("gt", None, "params.yaml")
     args = parsed("correct", {"seg": "a.nii.gz", "image": "b.nii.gz", "out": "c.nii.gz"})
     assert (args.seg, args.image, args.out) == ("a.nii.gz", "b.nii.gz", "c.nii.gz")
     assert args.model == "models:/acdc-nvae-corrector@champion"
@@ -120,6 +125,18 @@ def test_typed_parameters_reach_the_commands(monkeypatch: pytest.MonkeyPatch) ->
     assert args.arch == "fpn-resnet18" and args.params == "pipelines/lgg/params.yaml"
     args = parsed("train_nvae", {"overlay": "search/best_nvae.yaml"})
     assert args.overlay == ["search/best_nvae.yaml"]
+
+
+def test_mlflow_run_without_env_manager_builds_an_environment_with_seglab() -> None:
+    """`mlflow run .` alone (MLflow's default env manager) gets an environment that has the
+    `seglab` command: the project installed, on the Python pyproject requires."""
+    project = _project_spec.load_project(str(ROOT))
+    assert project.env_type == "python_env"
+    env = yaml.safe_load(Path(project.env_config_path).read_text())
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert SpecifierSet(requires).contains(f"{env['python']}.0")
+    assert "-e ." in env["dependencies"]
+    assert "pip" in env["build_dependencies"]
 
 
 @pytest.mark.slow

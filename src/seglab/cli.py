@@ -27,6 +27,10 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _phantom(args: argparse.Namespace) -> int:
+    from seglab.io import refuse_overwriting_inputs
+
+    # OUT is replaced whole: never the folder this command runs in, nor one above it.
+    refuse_overwriting_inputs({"OUT": args.out}, {"the current folder": Path.cwd()})
     if args.dataset == "acdc":
         from seglab.data.phantom.acdc import write_acdc_phantom as write
     else:
@@ -78,16 +82,22 @@ def _promote(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from seglab.errors import ConfigError
-    from seglab.io import write_json
+    from seglab.io import refuse_overwriting_inputs, write_json
     from seglab.tracking import registry
 
-    tracking = _tracking_params(args)
+    refuse_overwriting_inputs({"--out": args.out}, {"--params": args.params or CARDIAC_PARAMS})
+    from seglab.config import TrackingSection, load_params
+
+    # The params' `promotion` section: the floors and emptied share no champion may pass.
+    section = load_params(args.params or CARDIAC_PARAMS, TrackingSection)
+    tracking = section.tracking
     options = {
         "metric": args.metric,
         "goal": args.goal,
         "min_delta": args.min_delta,
         "dry_run": args.dry_run,
         "params_file": Path(args.params or CARDIAC_PARAMS),
+        "rules": section.promotion,
     }
     if args.all:
         if args.model or args.version:
@@ -128,12 +138,17 @@ def _registry_history(args: argparse.Namespace) -> int:
 def _server(args: argparse.Namespace) -> int:
     from seglab.tracking.server import serve, with_overrides
 
-    overrides = {
-        key: getattr(args, key)
-        for key in ("host", "port", "workers", "backend_store_uri", "artifacts_destination")
-        if getattr(args, key) is not None
-    }
-    serve(with_overrides(_tracking_params(args), overrides), Path.cwd())
+    keys = (
+        "host",
+        "port",
+        "workers",
+        "backend_store_uri",
+        "artifacts_destination",
+        "allowed_hosts",
+    )
+    overrides = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+    tracking = with_overrides(_tracking_params(args), overrides)
+    return serve(tracking, Path.cwd(), allow_any_host=args.allow_any_host)
 
 
 def _runs_compare(args: argparse.Namespace) -> int:
@@ -185,8 +200,21 @@ def _evaluate_correction(args: argparse.Namespace) -> int:
 
 
 def _correct(args: argparse.Namespace) -> int:
-    from seglab.stages.correct import correct_volume, render_summary
+    from seglab.io import refuse_overwriting_inputs
+    from seglab.stages.correct import _qc_path, correct_volume, render_summary
 
+    out = Path(args.out)
+    qc = args.qc or (_qc_path(out) if out.name.endswith((".nii", ".nii.gz")) else None)
+    model = args.model if Path(args.model).exists() else None  # a checkpoint file
+    refuse_overwriting_inputs(
+        {"-o": out, "--qc": qc},
+        {
+            "SEG": args.seg,
+            "--image": args.image,
+            "--model": model,
+            "--params": args.params or CARDIAC_PARAMS,
+        },
+    )
     _, params = _cardiac(args)
     summary = correct_volume(
         Path(args.seg),
@@ -317,6 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--workers", type=int)
     server.add_argument("--backend-store-uri", help="e.g. postgresql://user@db-host/mlflow")
     server.add_argument("--artifacts-destination", help="e.g. s3://bucket/mlflow")
+    server.add_argument(
+        "--allowed-hosts",
+        help="Host headers the server answers, comma-separated (e.g. mlflow.lab.org,"
+        "mlflow.lab.org:5000); required with a non-loopback --host",
+    )
+    server.add_argument(
+        "--allow-any-host",
+        action="store_true",
+        help="expose a non-loopback --host without --allowed-hosts: answer any Host header",
+    )
     server.add_argument("--params", help=tracking_help)
     server.set_defaults(func=_server)
 
@@ -446,7 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
         "machine) or postgresql://user@host/db (several machines)",
     )
     nvae_search.add_argument("--study-name", help="resumed when it exists (default: derived)")
-    nvae_search.add_argument("--n-trials", type=int, help="the study's total of finished trials")
+    nvae_search.add_argument(
+        "--n-trials",
+        "--n_trials",  # as `mlflow run -e search_nvae -P n_trials=N` passes it
+        type=int,
+        help="the study's total of finished trials (default: search.n_trials)",
+    )
     nvae_search.add_argument("--sampler", choices=["tpe", "grid", "random"])
     nvae_search.add_argument(
         "--multi-objective",

@@ -1,7 +1,8 @@
 """Atomic outputs: write under a temporary name beside the target, rename at the end.
 
 A crash or Ctrl-C therefore never leaves a half-written file or folder where a DVC
-stage (or a user) would take it for a finished one.
+stage (or a user) would take it for a finished one. :func:`refuse_overwriting_inputs` is the
+check every command runs before it writes: no output may be one of its inputs.
 """
 
 from __future__ import annotations
@@ -11,10 +12,63 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from itertools import combinations
 from pathlib import Path
 from typing import Any
+
+from seglab.errors import SeglabError
+
+PathLike = str | os.PathLike[str]
+
+
+def refuse_overwriting_inputs(
+    outputs: Mapping[str, PathLike | None], inputs: Mapping[str, PathLike | None]
+) -> None:
+    """Raise :class:`SeglabError`, one line naming both, if writing an output would destroy an
+    input or another output.
+
+    ``outputs`` and ``inputs`` map how the user named each path (``-o``, ``SEG``,
+    ``acdc.raw``...) to the path; ``None`` entries are skipped. An output clashes with an input
+    when it is the same file: the same path, or a symlink or hard link to it (compared with
+    :func:`os.path.samefile` where both exist, else by their resolved paths), or when it is a
+    folder that holds the input (an output folder is replaced whole). Two outputs clash when they
+    are the same file (the second would replace the first).
+    """
+    outs = [(name, Path(path)) for name, path in outputs.items() if path is not None]
+    ins = [(name, Path(path)) for name, path in inputs.items() if path is not None]
+    for out_name, out in outs:
+        for in_name, source in ins:
+            if _same_file(out, source):
+                raise SeglabError(
+                    f"{out_name} {out} is the input {in_name} {source}: writing it would "
+                    "overwrite the input; choose another output path"
+                )
+            if _inside(source, out):
+                raise SeglabError(
+                    f"{out_name} {out} holds the input {in_name} {source}: replacing it would "
+                    "delete the input; choose another output path"
+                )
+    for (name_a, a), (name_b, b) in combinations(outs, 2):
+        if _same_file(a, b):
+            raise SeglabError(
+                f"{name_a} {a} and {name_b} {b} are the same file: one output would overwrite "
+                "the other; choose two paths"
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where they lead
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies strictly below ``folder`` (symlinks resolved)."""
+    inner, outer = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return inner != outer and inner.is_relative_to(outer)
 
 
 @contextmanager

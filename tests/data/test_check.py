@@ -13,6 +13,7 @@ import pytest
 
 from seglab.cli import main
 from seglab.data.check import check_path
+from seglab.data.phantom.lgg import write_lgg_phantom
 
 TRAINING = Path("database") / "training"
 LGG_CASE = "TCGA_CS_4941_19960909"
@@ -171,3 +172,32 @@ def test_full_lgg_check(lgg_real_zip: Path, capsys) -> None:
     assert s["slices_with_tumour"] == 202 and s["slices_empty_mask"] == 316
     assert s["mask_values"] == [0, 255] and s["image_shapes"] == ["256x256x3"]
     assert s["without_data_csv_row"] == []
+
+
+# --- LGG phantoms: data.csv rows without a case, unreadable slices ---------------------------
+
+
+def test_lgg_data_csv_rows_without_a_case_are_reported(tmp_path: Path) -> None:
+    write_lgg_phantom(tmp_path / "lgg", patients=2, seed=0)
+    table = tmp_path / "lgg" / "kaggle_3m" / "data.csv"
+    rows = table.read_text().splitlines()
+    extra = [
+        rows[1].replace(rows[1].split(",")[0], key) for key in ("TCGA_ZZ_0001", "TCGA_ZZ_0002")
+    ]
+    table.write_text("\n".join([*rows, *extra]) + "\n")
+    report = check_path(tmp_path / "lgg")
+    s = report.summary
+    assert (s["patients"], s["data_csv_rows"]) == (2, 2)
+    assert s["data_csv_rows_without_case"] == ["TCGA_ZZ_0001", "TCGA_ZZ_0002"]
+    assert "data csv rows without case  TCGA_ZZ_0001, TCGA_ZZ_0002" in report.render()
+
+
+def test_an_unreadable_tif_is_named_not_shown_as_a_python_object(tmp_path: Path) -> None:
+    write_lgg_phantom(tmp_path / "lgg", patients=1, seed=0)
+    case = next((tmp_path / "lgg" / "kaggle_3m").glob("TCGA_*"))
+    bad = case / f"{case.name}_1.tif"
+    bad.write_bytes(b"not a TIFF at all")
+    report = check_path(tmp_path / "lgg")
+    assert not report.ok
+    assert report.problems == [f"{bad}: unreadable TIFF (cannot identify image file '{bad.name}')"]
+    assert "object at 0x" not in report.render()

@@ -77,7 +77,9 @@ def test_bad_patient_leaves_nothing_behind(acdc_real: Path, tmp_path: Path) -> N
         if not f.name.endswith("_gt.nii.gz") or "frame01" in f.name:
             (broken / f.name).symlink_to(f)
     out = tmp_path / "prepared"
+    # one patient per group: any split but train would be empty, so ask for train only
+    split = AcdcPrepareParams(split=SplitParams(val=0.0, test=0.0))
     with pytest.raises(DataError, match="patient021"):
-        prepare_acdc(_params(raw, out))
+        prepare_acdc(AcdcDataParams(raw=str(raw), prepared=str(out), prepare=split))
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from seglab.config import SplitParams
-from seglab.data.splits import patient_splits
+from seglab.data.splits import patient_splits, rounding_note
 from seglab.errors import SeglabError
 
 GROUPS = {f"patient{i:03d}": g for i, g in enumerate(["NOR", "MINF", "DCM", "HCM", "RV"] * 20, 1)}
@@ -41,7 +41,41 @@ def test_official_testing_patients_are_the_test_set() -> None:
 
 
 def test_tiny_dataset_keeps_training_patients() -> None:
-    splits = patient_splits({"a": "NOR", "b": "NOR"}, SplitParams(val=0.1, test=0.2))
+    splits = patient_splits({"a": "NOR", "b": "NOR"}, SplitParams(val=0.0, test=0.2))
     assert splits["train"] and len(splits["test"]) == 1
     with pytest.raises(SeglabError, match="fixed test patients"):
         patient_splits({"a": "NOR"}, SplitParams(), fixed_test=["zz"])
+
+
+def test_a_split_left_empty_is_refused_in_one_line() -> None:
+    # the 10-patient phantom: 5 groups of 2, each gives one to test and has none to spare
+    ten = {f"p{i:02d}": g for i, g in enumerate(["NOR", "MINF", "DCM", "HCM", "RV"] * 2)}
+    with pytest.raises(SeglabError) as caught:
+        patient_splits(ten, SplitParams(val=0.1, test=0.2))
+    assert str(caught.value) == (
+        "split.val 0.1 leaves val empty: the 10 patients are split per group (5 groups of 2), "
+        "each keeping at least one for train and one for test; add patients or set split.val: 0"
+    )
+    one_each = {f"p{i}": g for i, g in enumerate(["NOR", "MINF", "DCM", "HCM", "RV"])}
+    with pytest.raises(SeglabError, match="split.test 0.2 leaves test empty: the 5 patients"):
+        patient_splits(one_each, SplitParams(val=0.0, test=0.2))
+    with pytest.raises(SeglabError, match="split.val 0.1 leaves val empty"):
+        patient_splits({"a": "NOR", "b": "NOR"}, SplitParams(val=0.1, test=0.2))
+    # asked for none: none is no surprise
+    assert patient_splits(one_each, SplitParams(val=0.0, test=0.0))["train"] == sorted(one_each)
+
+
+def test_rounding_note_says_how_far_the_fractions_moved() -> None:
+    twenty = {f"p{i:02d}": g for i, g in enumerate(["NOR", "MINF", "DCM", "HCM", "RV"] * 4)}
+    params = SplitParams(val=0.1, test=0.2)
+    splits = patient_splits(twenty, params)
+    assert rounding_note(splits, params) == (
+        "split rounded per group, at least one patient each: val 5/20 patients (25%, asked 0.1), "
+        "test 5/20 patients (25%, asked 0.2)"
+    )
+    assert rounding_note(patient_splits(GROUPS, params), params) == ""
+    fixed = [f"patient{i:03d}" for i in range(91, 101)]
+    with_fixed = patient_splits(GROUPS, params, fixed_test=fixed)  # val: 2 of each group's 18
+    assert rounding_note(with_fixed, params, fixed_test=True) == (
+        "split rounded per group, at least one patient each: val 10/90 patients (11%, asked 0.1)"
+    )

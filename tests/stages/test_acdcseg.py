@@ -4,6 +4,7 @@ mix patients, frames or segmenters, EOS exactly at the ends of each volume."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -297,3 +298,15 @@ def test_stale_cross_predictions_are_refused(project: Path) -> None:
             build_acdcseg(params, root=project)
     finally:
         save_split(project / "prepared" / "train.npz", train)
+
+
+def test_onehot_of_read_only_labels_copies_without_a_warning() -> None:
+    labels = np.array([[[0, 1], [2, 3]]], dtype=np.uint8)
+    labels.flags.writeable = False  # as a broadcast view or a shared array comes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hot = onehot(labels)
+    assert hot.shape == (1, 4, 2, 2) and hot.dtype == torch.float32
+    assert torch.equal(hot.argmax(1), torch.from_numpy(labels.astype(np.int64)))
+    stacked = onehot(np.broadcast_to(labels[:, None], (1, 3, 2, 2)), torch.float16)
+    assert stacked.shape == (1, 12, 2, 2) and stacked.dtype == torch.float16

@@ -20,11 +20,19 @@ import torch
 from mlflow import MlflowClient
 
 from seglab.config import ServerParams, TrackingParams
-from seglab.errors import ConfigError
+from seglab.errors import ConfigError, SeglabError
 from seglab.tracking import registry, runs
+from seglab.tracking import server as server_module
 from seglab.tracking.registry import load_model, promote, promotion_history
 from seglab.tracking.runs import log_metrics, tracked_run
-from seglab.tracking.server import server_command, server_url, with_overrides
+from seglab.tracking.server import (
+    check_exposure,
+    check_port,
+    serve,
+    server_command,
+    server_url,
+    with_overrides,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -79,6 +87,138 @@ def test_team_settings_pass_through(tmp_path: Path) -> None:
     assert server_url(overridden) == "http://[::1]:6001"
     with pytest.raises(ConfigError, match="server settings: port: Input should be less"):
         with_overrides(TrackingParams(), {"port": 70000})
+
+
+def test_an_exposed_host_needs_allowed_hosts_or_the_explicit_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_SERVER_ALLOWED_HOSTS", raising=False)
+    exposed = TrackingParams(server=ServerParams(host="0.0.0.0"))
+    with pytest.raises(ConfigError, match="host 0.0.0.0 exposes the server .* --allow-any-host"):
+        check_exposure(exposed)
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        check_exposure(TrackingParams(server=ServerParams(host=host)))
+    check_exposure(
+        exposed.model_copy(update={"server": ServerParams(host="0.0.0.0", allowed_hosts="lab")})
+    )
+    check_exposure(exposed, allow_any_host=True)
+    assert option(server_command(exposed, tmp_path, allow_any_host=True), "--allowed-hosts") == "*"
+    monkeypatch.setenv("MLFLOW_SERVER_ALLOWED_HOSTS", "mlflow.lab")  # MLflow's own setting
+    check_exposure(exposed)
+    assert "--allowed-hosts" not in server_command(exposed, tmp_path, allow_any_host=True)
+    # the URL printed is one clients can use: this machine's name for a wildcard bind
+    assert server_url(exposed) == f"http://{socket.gethostname()}:5000"
+
+
+def seglab_server(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`seglab server ARGS` in its own process group, killed (group and all) after ``timeout``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seglab.cli", "server", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"still running after {timeout}s: {out}{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_exposing_the_server_without_allowed_hosts_is_refused_at_once(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("tracking:\n  server:\n    workers: 1\n")
+    env_free = {k: v for k, v in os.environ.items() if k != "MLFLOW_SERVER_ALLOWED_HOSTS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "seglab.cli", "server", "--host", "0.0.0.0", "--port",
+         str(free_loopback_port())],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env_free, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "seglab: error: host 0.0.0.0 exposes the server beyond this machine with no "
+        "tracking.server.allowed_hosts: set it (or --allowed-hosts, e.g. "
+        f"mlflow.lab.org,mlflow.lab.org:{proc.args[-1]}), or pass --allow-any-host to accept "
+        "any Host header"
+    ]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+def test_a_taken_port_fails_at_once_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("tracking:\n  server:\n    workers: 1\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = seglab_server(["--port", str(port)], tmp_path, timeout=300)
+        with pytest.raises(SeglabError, match=f"port {port} on 127.0.0.1 is already in use"):
+            check_port("127.0.0.1", port)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"seglab: error: port {port} on 127.0.0.1 is already in use (another server?): stop it "
+        "or pass --port"
+    ]
+    assert not (tmp_path / "mlflow.db").exists()  # refused before MLflow was started
+    check_port("127.0.0.1", port)  # free again
+
+
+@pytest.mark.parametrize(("script", "code"), [("pass", 1), ("raise SystemExit(3)", 3)])
+def test_a_server_that_stops_by_itself_fails_the_command(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    script: str,
+    code: int,
+) -> None:
+    # MLflow exits 0 when uvicorn cannot bind (a port taken between the check and its bind)
+    monkeypatch.setattr(
+        server_module, "server_command", lambda *a, **k: [sys.executable, "-c", script]
+    )
+    params = TrackingParams(server=ServerParams(port=free_loopback_port()))
+    assert serve(params, tmp_path) == code
+    err = capsys.readouterr().err
+    assert "seglab: error: mlflow server" in err
+    assert ("stopped by itself" in err) == (code == 1)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for init to reap it does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_stop_signal_stops_the_server_and_everything_it_started(tmp_path: Path) -> None:
+    # the server stand-in starts a worker of its own, as mlflow starts uvicorn and its workers
+    pids = tmp_path / "pids"
+    server = (
+        "import subprocess, sys, time, pathlib; "
+        "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+        f"pathlib.Path({str(pids)!r}).write_text(f'{{w.pid}}'); time.sleep(300)"
+    )
+    runner = (
+        "import sys; from seglab.tracking.server import _run_child; "
+        f"sys.exit(_run_child([sys.executable, '-c', {server!r}], grace=60))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", runner], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not pids.exists() or not pids.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        worker = int(pids.read_text())
+        os.kill(proc.pid, signal.SIGTERM)  # this command only, as `kill PID` would
+        assert proc.wait(timeout=120) == 0
+        assert not alive(worker)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def free_loopback_port() -> int:

@@ -104,7 +104,12 @@ def onehot(labels: Tensor | np.ndarray, dtype: torch.dtype = torch.float32) -> T
     Channels are grouped by map: 4 for the first map (background, RV, MYO, LV), then the next.
     Cheap enough to run per batch on the device, which keeps the stored data 4x smaller.
     """
-    tensor = torch.as_tensor(labels).long()
+    if isinstance(labels, np.ndarray):
+        # A copy as int64, as .long() would make: also for read-only arrays (a loaded or
+        # broadcast one), which torch.as_tensor would share and warn about.
+        tensor = torch.from_numpy(labels.astype(np.int64))
+    else:
+        tensor = torch.as_tensor(labels).long()
     hot = F.one_hot(tensor, NUM_CLASSES).to(dtype)  # [..., H, W, 4]
     if tensor.ndim == 3:
         return hot.permute(0, 3, 1, 2)

@@ -173,6 +173,7 @@ def _check_lgg(path: Path, dataset: LggDataset) -> DataReport:
         "image_shapes": sorted(shapes),
         "mask_values": sorted(255 * v for v in mask_values),
         "data_csv_rows": len(dataset.table),
+        "data_csv_rows_without_case": list(dataset.csv_unmatched),
         "without_data_csv_row": [p.id for p in dataset.patients if case_key(p.id) not in csv_keys],
     }
     return DataReport(str(path), "lgg", not problems, sorted(problems), summary, rows)

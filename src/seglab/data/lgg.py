@@ -60,10 +60,13 @@ class LggDataset:
         table: pd.DataFrame,
         problems: list[DataError],
         archive: zipfile.ZipFile | None,
+        csv_unmatched: list[str] | None = None,
     ) -> None:
         self.root = root
         self.patients = sorted(patients, key=lambda p: p.id)
         self.table = table
+        # data.csv ``Patient`` keys with no case folder here (the rows ``table`` leaves out).
+        self.csv_unmatched = list(csv_unmatched or [])
         # Cases (or data.csv) left out because they are malformed (only filled non-strict).
         self.problems = problems
         self._by_id = {p.id: p for p in self.patients}
@@ -164,8 +167,9 @@ def open_lgg(path: str | Path, *, strict: bool = True) -> LggDataset:
                 if strict:
                     raise
                 problems.append(exc)
+        unmatched: list[str] = []
         try:
-            table = _read_table(cases / "data.csv", [p.id for p in patients])
+            table, unmatched = _read_table(cases / "data.csv", [p.id for p in patients])
         except DataError as exc:
             if strict:
                 raise
@@ -175,7 +179,7 @@ def open_lgg(path: str | Path, *, strict: bool = True) -> LggDataset:
         if archive is not None:
             archive.close()
         raise
-    return LggDataset(root, patients, folders, table, problems, archive)
+    return LggDataset(root, patients, folders, table, problems, archive, unmatched)
 
 
 def case_key(patient_id: str) -> str:
@@ -241,7 +245,7 @@ def _read_tif(node: Node) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(_NamedBytes(data, node.name)) as image:
                 image.load()
                 mode = image.mode
                 array = np.asarray(image)
@@ -252,8 +256,21 @@ def _read_tif(node: Node) -> np.ndarray:
     return array
 
 
-def _read_table(node: Node, patient_ids: list[str]) -> pd.DataFrame:
-    """data.csv restricted to the cases present (the Kaggle file lists all 110)."""
+class _NamedBytes(io.BytesIO):
+    """Bytes read from a file, shown by the file's name: PIL puts the stream's repr in its
+    messages (``cannot identify image file <_io.BytesIO object at 0x...>``)."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self._name = name
+
+    def __repr__(self) -> str:
+        return repr(self._name)
+
+
+def _read_table(node: Node, patient_ids: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """data.csv restricted to the cases present (the Kaggle file lists all 110), and the
+    ``Patient`` keys of the rows left out (no case folder here), in file order."""
     if not node.is_file():
         raise DataError(str(node), "missing data.csv")
     try:
@@ -263,4 +280,6 @@ def _read_table(node: Node, patient_ids: list[str]) -> pd.DataFrame:
     if "Patient" not in table.columns:
         raise DataError(str(node), "no 'Patient' column")
     keys = {case_key(pid) for pid in patient_ids}
-    return table[table["Patient"].isin(keys)].reset_index(drop=True)
+    present = table["Patient"].isin(keys)
+    unmatched = [str(key) for key in table.loc[~present, "Patient"]]
+    return table[present].reset_index(drop=True), unmatched

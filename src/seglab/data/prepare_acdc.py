@@ -12,9 +12,9 @@ from tqdm import tqdm
 from seglab.config import AcdcDataParams
 from seglab.data.acdc import PHASES, AcdcDataset, open_acdc
 from seglab.data.preprocess import FrameSlices, frame_to_slices, motion_centre
-from seglab.data.splits import patient_splits
+from seglab.data.splits import patient_splits, rounding_note
 from seglab.data.store import META_DTYPES, SliceSet, save_split
-from seglab.io import atomic_dir, write_json
+from seglab.io import atomic_dir, refuse_overwriting_inputs, write_json
 
 
 def prepare_acdc(
@@ -25,6 +25,7 @@ def prepare_acdc(
     ``qc`` scores each prepared split (the stage passes the anatomical-validity check of the
     ground truth; the data layer cannot import metrics itself); its result goes in meta.json.
     """
+    refuse_overwriting_inputs({"acdc.prepared": params.prepared}, {"acdc.raw": params.raw})
     with open_acdc(params.raw) as dataset:
         groups = {p.id: p.info.group for p in dataset.patients}
         official_test = [p.id for p in dataset.patients if p.subset == "testing"]
@@ -59,10 +60,11 @@ def prepare_acdc(
         for k, v in quality.items()
         if "anatomical_validity" in v
     )
+    note = rounding_note(splits, params.prepare.split, fixed_test=bool(official_test))
     return (
         f"prepared ACDC into {params.prepared}: {parts}; crop '{params.prepare.crop}' kept "
         f"{100 * float(np.mean(coverage)):.2f}% of the heart "
-        f"(worst frame {100 * min(coverage):.1f}%){checks}"
+        f"(worst frame {100 * min(coverage):.1f}%){checks}" + (f"\n{note}" if note else "")
     )
 
 

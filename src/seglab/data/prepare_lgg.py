@@ -15,13 +15,14 @@ from tqdm import tqdm
 
 from seglab.config import LggDataParams
 from seglab.data.lgg import LggDataset, open_lgg
-from seglab.data.splits import patient_splits
+from seglab.data.splits import patient_splits, rounding_note
 from seglab.data.store import SliceSet, save_split
-from seglab.io import atomic_dir, write_json
+from seglab.io import atomic_dir, refuse_overwriting_inputs, write_json
 
 
 def prepare_lgg(params: LggDataParams) -> str:
     """Build ``params.prepared``: ``train/val/test.npz`` and ``meta.json``; returns a summary."""
+    refuse_overwriting_inputs({"lgg.prepared": params.prepared}, {"lgg.raw": params.raw})
     with open_lgg(params.raw) as dataset:
         # One stratum: every patient has a tumour; the split is still seeded and patient-level.
         splits = patient_splits({p.id: "LGG" for p in dataset.patients}, params.prepare.split)
@@ -48,7 +49,8 @@ def prepare_lgg(params: LggDataParams) -> str:
         f"{k} {v['patients']} patients / {v['slices']} slices ({v['tumour_slices']} with tumour)"
         for k, v in counts.items()
     )
-    return f"prepared LGG into {params.prepared}: {parts}"
+    note = rounding_note(splits, params.prepare.split)
+    return f"prepared LGG into {params.prepared}: {parts}" + (f"\n{note}" if note else "")
 
 
 def normalise_volume(image: np.ndarray) -> np.ndarray:

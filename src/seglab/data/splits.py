@@ -29,6 +29,10 @@ def patient_splits(
     test fractions (rounded, at least one per split when the group is large enough to spare
     one). Patients in ``fixed_test`` go to test; the rest is then split into train and val
     with val's share of the whole taken from the remaining patients.
+
+    A split asked for (a positive fraction) that gets no patient is refused with one line: with
+    5 groups of 2 patients, each group gives one to test and has none to spare for val.
+    :func:`rounding_note` says how far the rounding moved the fractions.
     """
     fixed = set(fixed_test)
     unknown = fixed - set(groups)
@@ -53,7 +57,44 @@ def patient_splits(
         out["train"].extend(ids[n_test + n_val :])
     if not out["train"]:
         raise SeglabError(f"{len(groups)} patients are too few to leave any for training")
+    asked = {"val": params.val, "test": test_frac}
+    for name in ("val", "test"):
+        if asked[name] > 0 and not out[name]:
+            also = " and one for test" if name == "val" and test_frac > 0 else ""
+            raise SeglabError(
+                f"split.{name} {asked[name]:g} leaves {name} empty: the {len(groups)} patients "
+                f"are split per group ({_group_sizes(by_group)}), each keeping at least one for "
+                f"train{also}; add patients or set split.{name}: 0"
+            )
     return {name: sorted(ids) for name, ids in out.items()}
+
+
+def rounding_note(
+    splits: Mapping[str, Sequence[str]], params: SplitParams, fixed_test: bool = False
+) -> str:
+    """One line on how per-group rounding moved the val and test fractions (empty when each
+    holds the rounded share it was asked for). With ``fixed_test`` the test set is given and
+    val's share is of the other patients."""
+    total = sum(len(ids) for ids in splits.values())
+    asked = (("val", params.val),) if fixed_test else (("val", params.val), ("test", params.test))
+    pool = total - len(splits["test"]) if fixed_test else total
+    moved = [
+        f"{name} {len(splits[name])}/{pool} patients ({len(splits[name]) / pool:.0%}, "
+        f"asked {fraction:g})"
+        for name, fraction in asked
+        if pool and len(splits[name]) != round(pool * fraction)
+    ]
+    if not moved:
+        return ""
+    return "split rounded per group, at least one patient each: " + ", ".join(moved)
+
+
+def _group_sizes(by_group: Mapping[str, Sequence[str]]) -> str:
+    sizes = sorted(len(ids) for ids in by_group.values())
+    if not sizes:
+        return "no group"
+    span = str(sizes[0]) if sizes[0] == sizes[-1] else f"{sizes[0]}-{sizes[-1]}"
+    return f"{len(sizes)} group{'s' if len(sizes) > 1 else ''} of {span}"
 
 
 def _share(n: int, fraction: float) -> int:

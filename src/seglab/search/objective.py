@@ -43,7 +43,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from seglab.config import NvaeParams
 from seglab.search.space import SearchSpace
-from seglab.search.study import BUDGET_TAKEN, BudgetTaken, within_budget
+from seglab.search.study import BUDGET_TAKEN, BudgetTaken, stored_trial, within_budget
 
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import Callback
@@ -115,7 +115,7 @@ class NvaeObjective:
             trial.set_user_attr(DUPLICATE_ATTR, twin.number)
             return twin.values[0] if len(twin.values) == 1 else tuple(twin.values)
         nvae = self.space.apply(self.base, params)
-        frozen = trial.study._storage.get_trial(trial._trial_id)
+        frozen = stored_trial(trial)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             first = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)

@@ -159,17 +159,23 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def stored_trial(trial: optuna.Trial, trials: Sequence[FrozenTrial] | None = None) -> FrozenTrial:
+    """The stored record of a running ``trial`` (its system attributes: enqueued parameters,
+    the trial it retries), through the public API: the study's trial of the same number."""
+    for frozen in trials if trials is not None else trial.study.get_trials(deepcopy=False):
+        if frozen.number == trial.number:
+            return frozen
+    raise SeglabError(f"trial {trial.number} is not in study {trial.study.study_name}")
+
+
 def within_budget(trial: optuna.Trial, total: int) -> bool:
     """Whether ``trial`` may run: an enqueued or retried trial always (it holds a place already);
     a new one when fewer than ``total`` earlier trials are finished, running or queued."""
-    frozen = trial.study._storage.get_trial(trial._trial_id)
+    trials = trial.study.get_trials(deepcopy=False)
+    frozen = stored_trial(trial, trials)
     if "fixed_params" in frozen.system_attrs or "failed_trial" in frozen.system_attrs:
         return True
-    earlier = [
-        t
-        for t in trial.study.get_trials(deepcopy=False)
-        if t.number < trial.number and t.state != TrialState.FAIL
-    ]
+    earlier = [t for t in trials if t.number < trial.number and t.state != TrialState.FAIL]
     return len(earlier) < total
 
 
