@@ -145,6 +145,7 @@ def test_mlflow_run_promote_logs_into_the_launchers_run_only(tmp_path: Path) -> 
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(ROOT / "MLproject", project / "MLproject")
+    shutil.copy(ROOT / "python_env.yaml", project / "python_env.yaml")  # MLproject declares it
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (project / "params.yaml").write_text(f"tracking:\n  uri: {store}\n")
     git(project, "init", "-q")
