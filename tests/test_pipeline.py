@@ -62,6 +62,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         elif src.exists():
             shutil.copy(src, proj / name)
     _set(proj / "params.yaml", "acdc.phantom.patients", 5)
+    # One patient per group fills no val or test split (prepare refuses a split left empty).
+    _set(proj / "params.yaml", "acdc.prepare.split.val", 0.0)
+    _set(proj / "params.yaml", "acdc.prepare.split.test", 0.0)
     _set(proj / "pipelines/lgg/params.yaml", "lgg.phantom.patients", 3)
     subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
     subprocess.run(["git", "add", "-A"], cwd=proj, check=True)
