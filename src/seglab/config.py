@@ -237,15 +237,33 @@ class AugmentParams(Section):
 
 
 class UNetParams(Section):
-    """MONAI ``UNet``: one level per channel count, each down-sampling by 2.
+    """MONAI ``UNet``: one level per channel count.
 
     ``residual_units`` is MONAI's ``num_res_units``: 0 gives the plain UNet, 2 the study's
-    ResUNet (two residual units per block).
+    ResUNet (two residual units per block). ``strides`` is MONAI's too, one per level after the
+    first (null: 2 everywhere). MONAI's UNet down-samples in its very first convolution, so with
+    strides of 2 no feature map has the input's resolution; a first stride of 1 adds a
+    full-resolution level, which thin structures (the myocardium, apical slices) need
+    (benchmarks/README.md, time to Dice).
     """
 
     channels: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    strides: tuple[int, ...] | None = None
     residual_units: int = Field(0, ge=0)
     dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_stride_per_level(self) -> UNetParams:
+        if self.strides is not None and len(self.strides) != len(self.channels) - 1:
+            raise ValueError(
+                f"strides needs one value per level after the first ({len(self.channels) - 1}),"
+                f" got {len(self.strides)}"
+            )
+        return self
+
+    def monai_strides(self) -> tuple[int, ...]:
+        """``strides``, or 2 at every level."""
+        return self.strides or (2,) * (len(self.channels) - 1)
 
 
 class ResUNetParams(UNetParams):

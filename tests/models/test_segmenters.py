@@ -75,3 +75,30 @@ def test_weights_size_matches_the_parameter_count() -> None:
 def test_unknown_architecture_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown segmenter architecture 'vnet'"):
         build_segmenter("vnet", TINY)
+
+
+def test_a_first_stride_of_one_keeps_a_full_resolution_level() -> None:
+    """MONAI's UNet down-samples in its first convolution unless its first stride is 1."""
+    halved = build_segmenter(
+        "resunet", SegmenterNetsParams.model_validate({"resunet": {"channels": [6, 8, 16]}})
+    )
+    full = build_segmenter(
+        "resunet",
+        SegmenterNetsParams.model_validate(
+            {"resunet": {"channels": [6, 8, 16], "strides": [1, 2]}}
+        ),
+    )
+    sizes: dict[str, list[int]] = {"halved": [], "full": []}
+    for name, net in (("halved", halved), ("full", full)):
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d) and not module.out_channels == 4:
+                module.register_forward_hook(
+                    lambda _m, _i, out, name=name: sizes[name].append(out.shape[-1])
+                )
+        assert net(torch.zeros(1, 1, 16, 16)).shape == (1, 4, 16, 16)
+    assert max(sizes["halved"]) == 8 and max(sizes["full"]) == 16
+
+
+def test_strides_need_one_value_per_level_after_the_first() -> None:
+    with pytest.raises(ValueError, match="one value per level"):
+        SegmenterNetsParams.model_validate({"unet": {"channels": [4, 8, 16], "strides": [1]}})

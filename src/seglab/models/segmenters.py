@@ -1,8 +1,8 @@
 """The study's 2D segmenters, all MONAI networks: UNet, ResUNet, Attention UNet, SwinUNETR.
 
 Every network maps ``[B, in_channels, H, W]`` images to ``[B, num_classes, H, W]`` logits. Sizes
-come from :class:`~seglab.config.SegmenterNetsParams`; each UNet level halves the resolution,
-so ``H`` and ``W`` must be divisible by ``2 ** (levels - 1)`` (by 32 for SwinUNETR).
+come from :class:`~seglab.config.SegmenterNetsParams`; ``H`` and ``W`` must be divisible by the
+product of a UNet's strides (``2 ** (levels - 1)`` by default; by 32 for SwinUNETR).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def build_segmenter(
             in_channels=in_channels,
             out_channels=num_classes,
             channels=p.channels,
-            strides=(2,) * (len(p.channels) - 1),
+            strides=p.monai_strides(),
             num_res_units=p.residual_units,
             dropout=p.dropout,
         )
