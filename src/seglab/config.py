@@ -314,6 +314,10 @@ class SegmenterTrainParams(Section):
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "cosine", "poly"] = "constant"
     warmup_epochs: float = Field(0.0, ge=0)
+    # 2.5D input: this many neighbouring slices of the same volume on either side become extra
+    # input channels (0: the slice alone, as in the study). Through-plane context tells a 2D
+    # network whether it sits above the base or below the apex, where a structure should vanish.
+    context_slices: int = Field(0, ge=0)
     augment: AugmentParams = AugmentParams()
     trainer: TrainerParams = TrainerParams()
 

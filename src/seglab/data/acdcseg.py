@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from seglab.data.preprocess import NUM_CLASSES
-from seglab.data.store import SliceSet, load_split
+from seglab.data.store import SliceSet, load_split, neighbour_rows
 from seglab.errors import DataError
 
 #: The rows of one volume: a 3-gram never crosses these.
@@ -66,26 +66,13 @@ def trigram_context(slices: SliceSet, path: Path | str = "<acdcseg>") -> np.ndar
     ``path`` names the source in errors: a volume with a slice index missing inside its range,
     or a slice given twice, would silently shift the context, so it is refused.
     """
-    meta = slices.meta.reset_index(drop=True)
     pred = slices.extra["pred"]
-    keys = [*VOLUME_KEYS, "slice_index"]
-    index = pd.Series(np.arange(len(meta)), index=pd.MultiIndex.from_frame(meta[keys]))
-    if index.index.has_duplicates:
-        dup = meta[index.index.duplicated(keep=False)].iloc[0]
-        raise DataError(path, f"slice given twice: {dict(dup[keys])}")
-    context = np.zeros((len(meta), 3, *pred.shape[1:]), dtype=np.uint8)
+    context = np.zeros((len(pred), 3, *pred.shape[1:]), dtype=np.uint8)
     context[:, 1] = pred
-    z = meta["slice_index"].to_numpy()
-    count = meta["slice_count"].to_numpy()
     for offset, channel in ((-1, 0), (1, 2)):
-        neighbour = z + offset
-        inside = (neighbour >= 0) & (neighbour < count)
-        wanted = meta.loc[inside, list(VOLUME_KEYS)].assign(slice_index=neighbour[inside])
-        rows = index.reindex(pd.MultiIndex.from_frame(wanted[keys])).to_numpy()
-        if np.isnan(rows).any():
-            missing = wanted.iloc[int(np.flatnonzero(np.isnan(rows))[0])]
-            raise DataError(path, f"volume has no slice {dict(missing[keys])}")
-        context[np.flatnonzero(inside), channel] = pred[rows.astype(np.int64)]
+        rows = neighbour_rows(slices.meta, VOLUME_KEYS, offset, path)
+        inside = rows >= 0
+        context[inside, channel] = pred[rows[inside]]
     return context
 
 

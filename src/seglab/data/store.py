@@ -58,6 +58,62 @@ class SliceSet:
         return self.meta[["spacing_x", "spacing_y"]].to_numpy(dtype=np.float32)
 
 
+#: The rows of one 3D volume of a prepared split: neighbours never cross them.
+VOLUME_KEYS = ("patient", "frame")
+
+
+def neighbour_rows(
+    meta: pd.DataFrame,
+    volume_keys: tuple[str, ...] = VOLUME_KEYS,
+    offset: int = 1,
+    path: Path | str = "<slices>",
+) -> np.ndarray:
+    """int64 [N]: the row of the slice ``offset`` places away in each row's volume, -1 beyond
+    the volume's first or last slice.
+
+    ``path`` names the source in errors: a volume with a slice index missing inside its range,
+    or a slice given twice, would silently shift the neighbours, so it is refused.
+    """
+    meta = meta.reset_index(drop=True)
+    keys = [*volume_keys, "slice_index"]
+    index = pd.Series(np.arange(len(meta)), index=pd.MultiIndex.from_frame(meta[keys]))
+    if index.index.has_duplicates:
+        dup = meta[index.index.duplicated(keep=False)].iloc[0]
+        raise DataError(path, f"slice given twice: {dict(dup[keys])}")
+    neighbour = meta["slice_index"].to_numpy() + offset
+    inside = (neighbour >= 0) & (neighbour < meta["slice_count"].to_numpy())
+    rows = np.full(len(meta), -1, dtype=np.int64)
+    wanted = meta.loc[inside, list(volume_keys)].assign(slice_index=neighbour[inside])
+    found = index.reindex(pd.MultiIndex.from_frame(wanted[keys])).to_numpy()
+    if np.isnan(found).any():
+        missing = wanted.iloc[int(np.flatnonzero(np.isnan(found))[0])]
+        raise DataError(path, f"volume has no slice {dict(missing[keys])}")
+    rows[inside] = found.astype(np.int64)
+    return rows
+
+
+def image_context(slices: SliceSet, context: int) -> np.ndarray:
+    """float32 [N, 1 + 2 * context, H, W]: each slice's image between its ``context``
+    neighbours on either side in its volume (2.5D input), nearest first outwards: ``[z - c ..
+    z .. z + c]``. Beyond the volume's ends the channel is zero, which tells the network it
+    sits at the base or the apex.
+
+    >>> meta = pd.DataFrame({"patient": ["p"] * 2, "frame": [1, 1], "slice_index": [0, 1],
+    ...                      "slice_count": [2, 2]})
+    >>> image = np.stack([np.full((2, 2), 1.0), np.full((2, 2), 2.0)]).astype(np.float32)
+    >>> image_context(SliceSet(image, np.zeros((2, 2, 2), np.uint8), meta), 1)[:, :, 0, 0]
+    array([[0., 1., 2.],
+           [1., 2., 0.]], dtype=float32)
+    """
+    image = np.asarray(slices.image, dtype=np.float32)
+    out = np.zeros((len(image), 1 + 2 * context, *image.shape[-2:]), dtype=np.float32)
+    for channel, offset in enumerate(range(-context, context + 1)):
+        rows = neighbour_rows(slices.meta, offset=offset) if offset else np.arange(len(image))
+        inside = rows >= 0
+        out[inside, channel] = image[rows[inside]]
+    return out
+
+
 def save_split(path: Path, slices: SliceSet) -> None:
     """Write a split atomically (no pickles: plain arrays, strings as unicode arrays)."""
     arrays = {f"meta.{col}": slices.meta[col].to_numpy() for col in slices.meta.columns}

@@ -45,7 +45,7 @@ from matplotlib.figure import Figure
 
 from seglab.config import CardiacParams, SegmenterNetsParams, SegmentersParams, TrainerParams
 from seglab.data.splits import SPLITS
-from seglab.data.store import SliceSet, load_split
+from seglab.data.store import SliceSet, image_context, load_split
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.io import atomic_file, write_json
 from seglab.metrics.emptied import EMPTIED_KEYS, check_against
@@ -109,13 +109,19 @@ def _require(splits: dict[str, SliceSet], names: tuple[str, ...], folder: str) -
             )
 
 
-def image_tensor(slices: SliceSet) -> torch.Tensor:
-    """``[N, 1, H, W]`` float32: the networks' input."""
-    return torch.from_numpy(np.ascontiguousarray(slices.image, dtype=np.float32)).unsqueeze(1)
+def image_tensor(slices: SliceSet, context: int = 0) -> torch.Tensor:
+    """``[N, 1 + 2 * context, H, W]`` float32: the networks' input, each slice between its
+    ``context`` neighbours on either side (:func:`~seglab.data.store.image_context`)."""
+    return torch.from_numpy(image_context(slices, context))
 
 
-def _tensors(slices: SliceSet) -> tuple[torch.Tensor, torch.Tensor]:
-    return image_tensor(slices), torch.from_numpy(slices.label)
+def _tensors(slices: SliceSet, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return image_tensor(slices, context), torch.from_numpy(slices.label)
+
+
+def context_of(module: SegmentationModule) -> int:
+    """The neighbouring slices on either side that ``module`` takes as input (0 before 2.5D)."""
+    return int(module.hparams.get("context_slices", 0))
 
 
 def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
@@ -123,7 +129,7 @@ def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
     net_params = getattr(params.nets, arch)
     train = params.train_for(arch)
     return SegmentationModule(
-        build_segmenter(arch, params.nets),
+        build_segmenter(arch, params.nets, in_channels=1 + 2 * train.context_slices),
         NUM_LABELS,
         lr=train.lr,
         loss=train.loss,
@@ -134,7 +140,11 @@ def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
         class_names=CLASS_NAMES,
         monitor=MONITOR,
         augment=train.augment,
-        hparams={"arch": arch, "net_params": net_params.model_dump(mode="json")},
+        hparams={
+            "arch": arch,
+            "net_params": net_params.model_dump(mode="json"),
+            "context_slices": train.context_slices,
+        },
     )
 
 
@@ -150,11 +160,16 @@ def load_segmenter(path: Path) -> SegmentationModule:
         hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
         arch = hparams["arch"]
         nets = SegmenterNetsParams.model_validate({arch: hparams["net_params"]})
+        context = int(hparams.get("context_slices", 0))
         return SegmentationModule.load_from_checkpoint(
             path,
-            net=build_segmenter(arch, nets),
+            net=build_segmenter(arch, nets, in_channels=1 + 2 * context),
             map_location="cpu",
-            hparams={"arch": arch, "net_params": hparams["net_params"]},
+            hparams={
+                "arch": arch,
+                "net_params": hparams["net_params"],
+                "context_slices": context,
+            },
         )
     except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise DataError(path, f"not a readable segmenter checkpoint ({exc})") from exc
@@ -167,7 +182,8 @@ def predict_labels(
     if len(slices) == 0:
         return np.zeros(slices.label.shape, dtype=np.uint8)
     batch = inference_batch(trainer)
-    return predict(module, image_tensor(slices), trainer, batch).numpy().astype(np.uint8)
+    images = image_tensor(slices, context_of(module))
+    return predict(module, images, trainer, batch).numpy().astype(np.uint8)
 
 
 def evaluate(pred: np.ndarray, slices: SliceSet) -> dict[str, Any]:
@@ -248,7 +264,7 @@ def _train(
 ) -> tuple[SegmentationModule, FitResult]:
     """Fit on ``splits`` train/val; the best epoch's module and what the fit left."""
     data = TensorDataModule(
-        {name: _tensors(splits[name]) for name in ("train", "val")},
+        {name: _tensors(splits[name], context_of(module)) for name in ("train", "val")},
         batch_size=trainer.batch_size,
         seed=trainer.seed,
     )
@@ -345,7 +361,7 @@ def train_segmenter(
         version = log_and_register(
             best.net,
             registered_name(arch),
-            image_tensor(test)[:2].numpy(),
+            image_tensor(test, context_of(best))[:2].numpy(),
             tags={**evaluation_tags("test", data_md5), "arch": arch},
         )
         metrics = {**figures, **sizes, "epochs": epochs}
