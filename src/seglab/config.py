@@ -334,6 +334,9 @@ class SegmentersParams(Section):
     # Per-architecture overrides of ``train`` (same keys, merged onto it): an epoch budget or a
     # memory format that suits one network, e.g. ``swinunetr: {trainer: {max_epochs: 24}}``.
     arch_train: dict[SegmenterArch, dict[str, Any]] = {}
+    # Connected-component clean-up of the predictions (seglab.inference.postprocess): auto picks
+    # the method with the best validation Dice after training (none unless one earns its place).
+    postprocess: Literal["auto", "none", "heart", "structures"] = "auto"
 
     @model_validator(mode="after")
     def _unique_archs(self) -> SegmentersParams:

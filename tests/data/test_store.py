@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seglab.data.store import SliceSet, load_split, save_split
+from seglab.data.store import SliceSet, image_context, load_split, neighbour_rows, save_split
 from seglab.errors import DataError
 
 
@@ -51,3 +51,36 @@ def test_missing_and_corrupt_split(tmp_path: Path) -> None:
     bad.write_bytes(b"not an npz")
     with pytest.raises(DataError, match="test.npz: not a readable prepared split"):
         load_split(bad)
+
+
+def _volumes(order: list[tuple[str, int]], count: int = 3) -> SliceSet:
+    """Slices given as (patient, slice_index) in any order; image value = 10 * patient + z."""
+    meta = pd.DataFrame(
+        {"patient": [p for p, _ in order], "frame": 1, "slice_index": [z for _, z in order],
+         "slice_count": count}
+    )  # fmt: skip
+    image = np.stack([np.full((2, 2), 10 * int(p[1:]) + z, np.float32) for p, z in order])
+    return SliceSet(image, np.zeros(image.shape, np.uint8), meta)
+
+
+def test_neighbours_stay_in_their_volume_whatever_the_row_order() -> None:
+    slices = _volumes([("p2", 1), ("p1", 0), ("p2", 0), ("p1", 2), ("p1", 1), ("p2", 2)])
+    assert neighbour_rows(slices.meta, offset=1).tolist() == [5, 4, 0, -1, 3, -1]
+    assert neighbour_rows(slices.meta, offset=-1).tolist() == [2, -1, -1, 4, 1, 0]
+
+
+def test_image_context_stacks_neighbours_with_zeros_beyond_the_volume() -> None:
+    slices = _volumes([("p1", 1), ("p1", 0), ("p1", 2)])
+    context = image_context(slices, 1)
+    assert context.shape == (3, 3, 2, 2) and context.dtype == np.float32
+    assert context[:, :, 0, 0].tolist() == [[10, 11, 12], [0, 10, 11], [11, 12, 0]]
+    wide = image_context(slices, 2)[:, :, 0, 0]
+    assert wide.tolist() == [[0, 10, 11, 12, 0], [0, 0, 10, 11, 12], [10, 11, 12, 0, 0]]
+    assert (image_context(slices, 0)[:, 0] == slices.image).all()
+
+
+def test_a_gap_or_a_repeated_slice_is_refused() -> None:
+    with pytest.raises(DataError, match="volume has no slice"):
+        neighbour_rows(_volumes([("p1", 0), ("p1", 2)]).meta)
+    with pytest.raises(DataError, match="slice given twice"):
+        neighbour_rows(_volumes([("p1", 0), ("p1", 0), ("p1", 1)]).meta)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -35,14 +36,18 @@ from seglab.data.phantom.masks import heart_masks
 from seglab.data.prepare_acdc import prepare_acdc
 from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.inference.postprocess import METHODS
 from seglab.metrics.anatomy import check_slices
 from seglab.stages.segmenters import (
     EXPERIMENT,
     TEST_KEYS,
+    context_of,
     evaluate,
     load_crossfit,
     load_segmenter,
     patient_folds,
+    postprocess_of,
+    predict_labels,
     registered_name,
     train_segmenter,
 )
@@ -273,3 +278,35 @@ def test_end_to_end_outputs_are_what_dvc_declares(
     assert summary["method"] == "crossfit-2" and "dice_mean" in summary
     assert result["crossfit"]["method"] == "crossfit-2"
     assert not any((root / "data/work/segmenters").glob("*")), "work folders are removed"
+
+
+@pytest.mark.slow
+def test_a_2_5d_segmenter_keeps_its_context_and_its_clean_up_chosen_on_val(
+    trained: tuple[Path, CardiacParams, dict], tmp_path: Path
+) -> None:
+    """Neighbouring slices as input channels and the post-processing chosen on val travel with
+    the checkpoint: reloaded, it predicts the test figures the stage wrote."""
+    root, params, _ = trained
+    shutil.copytree(root / "prepared", tmp_path / "prepared")
+    seg = params.segmenters
+    train = seg.train.model_copy(update={"context_slices": 1})
+    params = params.model_copy(
+        update={
+            "acdc": params.acdc.model_copy(update={"prepared": str(tmp_path / "prepared")}),
+            "segmenters": seg.model_copy(update={"train": train}),
+            "acdcseg": AcdcSegParams(folds=1),
+        }
+    )
+    result = train_segmenter(params, "unet", root=tmp_path)
+    module = load_segmenter(tmp_path / "models/segmenters/unet.ckpt").eval()
+    assert context_of(module) == 1 and module.net.model[0].conv.in_channels == 3
+    assert postprocess_of(module) in METHODS
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
+        [mlflow.get_experiment_by_name(EXPERIMENT).experiment_id]
+    )[0]
+    assert run.data.tags["postprocess"] == postprocess_of(module)
+    scores = {m: run.data.metrics[f"val_dice_mean_postprocess_{m}"] for m in METHODS}
+    assert scores[postprocess_of(module)] == max(scores.values())
+    test = load_split(tmp_path / "prepared" / "test.npz")
+    pred = predict_labels(module, test, train.trainer)
+    assert evaluate(pred, test)["dice_mean"] == pytest.approx(result["dice_mean"], nan_ok=True)

@@ -47,12 +47,13 @@ from seglab.config import CardiacParams, SegmenterNetsParams, SegmentersParams, 
 from seglab.data.splits import SPLITS
 from seglab.data.store import SliceSet, image_context, load_split
 from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.inference.postprocess import Method, choose, postprocess
 from seglab.io import atomic_file, write_json
 from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap, volume_dice
 from seglab.models.segmenters import ARCHS, build_segmenter, parameter_count, weights_mb
-from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, tracked_run
+from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, set_tags, tracked_run
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import evaluation_tags
 from seglab.training.datamodule import TensorDataModule
@@ -124,6 +125,11 @@ def context_of(module: SegmentationModule) -> int:
     return int(module.hparams.get("context_slices", 0))
 
 
+def postprocess_of(module: SegmentationModule) -> Method:
+    """The clean-up chosen for ``module``'s predictions after its training (none before)."""
+    return module.hparams.get("postprocess", "none")
+
+
 def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
     """An untrained segmenter of ``arch`` in the shared training module."""
     net_params = getattr(params.nets, arch)
@@ -169,6 +175,7 @@ def load_segmenter(path: Path) -> SegmentationModule:
                 "arch": arch,
                 "net_params": hparams["net_params"],
                 "context_slices": context,
+                "postprocess": hparams.get("postprocess", "none"),
             },
         )
     except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as exc:
@@ -176,14 +183,29 @@ def load_segmenter(path: Path) -> SegmentationModule:
 
 
 def predict_labels(
-    module: SegmentationModule, slices: SliceSet, trainer: TrainerParams
+    module: SegmentationModule, slices: SliceSet, trainer: TrainerParams, *, raw: bool = False
 ) -> np.ndarray:
-    """uint8 [N, H, W] predicted label maps of every slice (argmax of the logits)."""
+    """uint8 [N, H, W] predicted label maps of every slice: the argmax of the logits, cleaned
+    up as chosen after training (:func:`postprocess_of`) unless ``raw``."""
     if len(slices) == 0:
         return np.zeros(slices.label.shape, dtype=np.uint8)
     batch = inference_batch(trainer)
     images = image_tensor(slices, context_of(module))
-    return predict(module, images, trainer, batch).numpy().astype(np.uint8)
+    pred = predict(module, images, trainer, batch).numpy().astype(np.uint8)
+    return pred if raw else postprocess(pred, postprocess_of(module))
+
+
+def choose_postprocess(
+    module: SegmentationModule, val: SliceSet, trainer: TrainerParams, setting: str
+) -> tuple[Method, dict[str, float]]:
+    """The clean-up for ``module``: ``setting``, or with ``auto`` the method with the best
+    validation Dice (never the test split); and each method's validation Dice."""
+    if setting != "auto":
+        return setting, {}  # type: ignore[return-value]
+    pred = predict_labels(module, val, trainer, raw=True)
+    return choose(
+        pred, lambda p: summarize_overlap(overlap(p, val.label, val.spacing))["dice_mean"]
+    )
 
 
 def evaluate(pred: np.ndarray, slices: SliceSet) -> dict[str, Any]:
@@ -261,8 +283,10 @@ def _train(
     work: Path,
     run_id: str,
     tracking_uri: str,
+    postprocess_setting: str,
 ) -> tuple[SegmentationModule, FitResult]:
-    """Fit on ``splits`` train/val; the best epoch's module and what the fit left."""
+    """Fit on ``splits`` train/val; the best epoch's module, its clean-up chosen on val
+    (``segmenters.postprocess``), and what the fit left."""
     data = TensorDataModule(
         {name: _tensors(splits[name], context_of(module)) for name in ("train", "val")},
         batch_size=trainer.batch_size,
@@ -279,7 +303,12 @@ def _train(
         tracking_uri=tracking_uri,
         log_every_n_steps=1,  # the module logs per epoch only; this just silences the warning
     )
-    return load_segmenter(result.best_path), result
+    best = load_segmenter(result.best_path)
+    method, scores = choose_postprocess(best, splits["val"], trainer, postprocess_setting)
+    best.hparams["postprocess"] = method
+    log_metrics({f"val_dice_mean_postprocess_{m}": v for m, v in scores.items()})
+    set_tags({"postprocess": method})
+    return best, result
 
 
 def sample_figure(slices: SliceSet, pred: np.ndarray, rows: int = 4) -> Figure:
@@ -346,7 +375,9 @@ def train_segmenter(
         crossfit = _crossfit(params, arch, splits, work, uri, run_args) if folds > 1 else None
         final = work("final")
         trainer = seg.train_for(arch).trainer
-        best, fitted = _train(new_module(arch, seg), splits, trainer, final, run_id, uri)
+        best, fitted = _train(
+            new_module(arch, seg), splits, trainer, final, run_id, uri, seg.postprocess
+        )
         seconds, epochs = fitted.train_seconds, fitted.epochs
         test = splits["test"]
         pred = predict_labels(best, test, trainer)
@@ -365,7 +396,11 @@ def train_segmenter(
             tags={**evaluation_tags("test", data_md5), "arch": arch},
         )
         metrics = {**figures, **sizes, "epochs": epochs}
-        export_checkpoint(final / "best.ckpt", checkpoint_path(seg, arch, root))
+        export_checkpoint(
+            final / "best.ckpt",
+            checkpoint_path(seg, arch, root),
+            {"postprocess": postprocess_of(best)},
+        )
         write_curves(fitted.history, curves_path(seg, arch, root))
         write_json(
             root / seg.metrics / f"{arch}.json",
@@ -426,7 +461,13 @@ def _crossfit(
             ) as run:
                 directory = work(f"fold{k}of{folds}-seed{seed}")
                 best, fold_fit = _train(
-                    new_module(arch, seg), part, trainer, directory, run.info.run_id, uri
+                    new_module(arch, seg),
+                    part,
+                    trainer,
+                    directory,
+                    run.info.run_id,
+                    uri,
+                    seg.postprocess,
                 )
                 fold_seconds = fold_fit.train_seconds
                 pred[held] = predict_labels(best, _subset(train, held), trainer)

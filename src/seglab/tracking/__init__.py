@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         log_dict,
         log_figure,
         log_metrics,
+        set_tags,
         tracked_run,
     )
 
@@ -41,6 +42,7 @@ __all__ = [
     "log_metrics",
     "package_versions",
     "params_hash",
+    "set_tags",
     "tracked_run",
 ]
 _LINEAGE = {

@@ -282,6 +282,12 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     )
 
 
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Tag the active run (choices made while it ran, e.g. a segmenter's post-processing)."""
+    _active_run_id()
+    mlflow.set_tags({key: str(value) for key, value in tags.items()})
+
+
 def log_figure(fig: Figure, name: str) -> None:
     """Save a matplotlib figure as artifact ``name`` (e.g. ``plots/dice.png``) of the active run."""
     _active_run_id()

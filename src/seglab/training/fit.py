@@ -17,10 +17,10 @@ into a Lightning ``Trainer``, keeps the best and last checkpoints, resumes, and 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -215,10 +215,13 @@ def predict(
     return torch.cat([p.cpu() for p in parts])
 
 
-def export_checkpoint(best: Path, target: Path) -> None:
+def export_checkpoint(best: Path, target: Path, hparams: Mapping[str, Any] | None = None) -> None:
     """The best epoch without optimiser and loop state: what inference and registration need
-    (a third of a full Lightning checkpoint), written atomically."""
+    (a third of a full Lightning checkpoint), written atomically. ``hparams`` are added to its
+    hyper-parameters: choices made after training (e.g. the post-processing) travel with it."""
     checkpoint = torch.load(best, map_location="cpu", weights_only=False)
     keep = ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step")
+    out = {k: checkpoint[k] for k in keep if k in checkpoint}
+    out["hyper_parameters"] = {**out.get("hyper_parameters", {}), **dict(hparams or {})}
     with atomic_file(target) as tmp:
-        torch.save({k: checkpoint[k] for k in keep if k in checkpoint}, tmp)
+        torch.save(out, tmp)
