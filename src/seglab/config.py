@@ -310,6 +310,7 @@ class SegmenterTrainParams(Section):
 
     lr: float = Field(1e-3, gt=0)
     loss: Literal["dice_ce", "dice", "ce"] = "dice_ce"
+    batch_dice: bool = False  # the Dice term over the whole batch, not per slice (nnU-Net 2D)
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "cosine", "poly"] = "constant"

@@ -206,3 +206,20 @@ def test_adamw_with_a_per_step_schedule_is_what_the_trainer_steps() -> None:
     assert optimizer.param_groups[0]["weight_decay"] == 0.01
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # decayed to zero
     assert module.hparams["schedule"] == "cosine" and module.hparams["optimizer"] == "adamw"
+
+
+def test_batch_dice_penalises_a_structure_predicted_where_a_slice_has_none() -> None:
+    """Per slice, the structure's own Dice term is saturated on a slice without it (only the
+    background's term pushes a false positive back); pooled over the batch it pushes too."""
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, 0, 2:6, 2:6] = 1  # slice 0 has the structure, slice 1 has none
+    logits = torch.zeros(2, 2, 8, 8)
+    logits[0, 1] = 5 * (target[0, 0] * 2 - 1)  # slice 0 right
+    logits[1, 1, 0:2, 0:2] = 1.0  # slice 1: a false positive
+    grads = {}
+    for batch_dice in (False, True):
+        module = SegmentationModule(nn.Identity(), 2, loss="dice", batch_dice=batch_dice)
+        x = logits.clone().requires_grad_(True)
+        module.loss(x, target).backward()
+        grads[batch_dice] = x.grad[1, 1, 0:2, 0:2].abs().sum().item()  # type: ignore[union-attr]
+    assert grads[True] > 1.5 * grads[False]

@@ -139,6 +139,7 @@ def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
         NUM_LABELS,
         lr=train.lr,
         loss=train.loss,
+        batch_dice=train.batch_dice,
         optimizer=train.optimizer,
         weight_decay=train.weight_decay,
         schedule=train.schedule,

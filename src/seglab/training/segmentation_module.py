@@ -58,6 +58,11 @@ def lr_factor(step: int, total: int, warmup: int, schedule: ScheduleName) -> flo
 class SegmentationModule(L.LightningModule):
     """Trains ``net`` (logits ``[B, num_classes, H, W]``) with optional on-device augmentation.
 
+    ``batch_dice`` pools the Dice term over the batch (nnU-Net's choice for 2D) instead of per
+    slice: on a slice without a structure, that structure's per-slice term saturates at 1 for
+    any false positive and gives it almost no gradient (only the background's term and the
+    cross-entropy push it back); pooled, it does.
+
     ``class_names`` maps foreground label ids to metric names (``{3: "lv", 2: "myo", 1: "rv"}``);
     by default the ids themselves. ``hparams`` is stored in the checkpoint beside the module's own
     settings (e.g. the architecture and its sizes, to rebuild ``net``). Load a checkpoint with
@@ -71,6 +76,7 @@ class SegmentationModule(L.LightningModule):
         *,
         lr: float = 1e-3,
         loss: LossName = "dice_ce",
+        batch_dice: bool = False,
         optimizer: OptimizerName = "adam",
         weight_decay: float = 0.0,
         schedule: ScheduleName = "constant",
@@ -105,6 +111,7 @@ class SegmentationModule(L.LightningModule):
                 "num_classes": num_classes,
                 "lr": lr,
                 "loss": loss,
+                "batch_dice": batch_dice,
                 "optimizer": optimizer,
                 "weight_decay": weight_decay,
                 "schedule": schedule,
@@ -124,6 +131,7 @@ class SegmentationModule(L.LightningModule):
             sigmoid=num_classes == 1,
             lambda_dice=lambda_dice,
             lambda_ce=lambda_ce,
+            batch=batch_dice,
         )
         self._sums: dict[str, Tensor] = {}
 
