@@ -190,3 +190,14 @@ def test_compiled_network_trains_predicts_like_eager_and_saves_plain_keys(tmp_pa
     images = torch.rand(6, 1, 16, 16)
     compiled = predict(module, images, _params(compile=True), batch_size=3)
     assert torch.equal(compiled, predict(eager, images, _params(), batch_size=3))
+
+
+def test_every_epoch_prints_one_progress_line_with_the_monitored_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = fit(_module(), _data(), _params(max_epochs=3), tmp_path, monitor="val_dice_mean")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    best = max(row["val_dice_mean"] for row in result.history)
+    assert f"(best {best:.4g} @" in lines[-1] and lines[-1].endswith("0.0 min left")
+    assert all("train_loss" in line and "val_loss" in line and "s/epoch" in line for line in lines)

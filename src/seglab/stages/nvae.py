@@ -201,7 +201,7 @@ def train_nvae_model(
         batch_size=trainer.batch_size,
         seed=trainer.seed,
     )
-    checkpoint, history = val_loss_checkpoint(checkpoint_dir), EpochHistory()
+    checkpoint, history = val_loss_checkpoint(checkpoint_dir), EpochHistory(MONITOR, "min")
     all_callbacks: list[Callback] = [checkpoint, history, *callbacks]
     if trainer.early_stopping_patience is not None:
         all_callbacks.append(

@@ -172,7 +172,7 @@ def fit(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    history = EpochHistory()
+    history = EpochHistory(monitor, mode)
     callbacks: list[Callback] = [checkpoint, history]
     if params.early_stopping_patience is not None:
         callbacks.append(
@@ -187,6 +187,7 @@ def fit(
         logger=logger,
         root_dir=checkpoint_dir,
         log_every_n_steps=log_every_n_steps,
+        progress_bar=False,  # EpochHistory prints one line per epoch instead
     )
     last = checkpoint_dir / "last.ckpt"
     resumed_from = last if last.is_file() else None

@@ -7,6 +7,7 @@ time is comparable between architectures and runs (the time-to-Dice benchmarks r
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,10 +24,16 @@ class EpochHistory(Callback):
     """One row per validation epoch: ``epoch`` (0-based), ``step``, ``seconds`` (wall time since
     the training started, across resumes), the mean training loss and every ``val_*`` figure.
 
-    The rows travel in the checkpoints, so a resumed training keeps its history and clock.
+    The rows travel in the checkpoints, so a resumed training keeps its history and clock. With
+    ``monitor``, each row is also printed as one progress line (stderr) with the monitored figure,
+    its best so far and the time left at the pace of this run's epochs, e.g.
+    ``epoch 12/30  train_loss 0.2031  val_dice_mean 0.8121 (best 0.8143 @ 10)  31 s/epoch,
+    9.3 min left``: a training of hours is never silent, and a log file reads line by line.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, monitor: str | None = None, mode: str = "max") -> None:
+        self.monitor = monitor
+        self.mode = mode
         self.rows: list[dict[str, float]] = []
         self._start = 0.0
         self._offset = 0.0
@@ -65,12 +72,42 @@ class EpochHistory(Callback):
                 **figures,
             }
         )
+        if self.monitor is not None:
+            print(progress_line(self.rows, self.monitor, self.mode, trainer.max_epochs),
+                  file=sys.stderr, flush=True)  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = [dict(row) for row in state_dict["rows"]]
+
+
+def progress_line(
+    rows: Sequence[Mapping[str, float]], monitor: str, mode: str, max_epochs: int | None
+) -> str:
+    """The last row as one line: epoch k/N, losses, the monitored figure and its best so far,
+    seconds per epoch and the time left.
+
+    >>> rows = [{"epoch": 0, "seconds": 30.0, "train_loss": 0.5, "val_dice": 0.7},
+    ...         {"epoch": 1, "seconds": 60.0, "train_loss": 0.4, "val_dice": 0.6}]
+    >>> progress_line(rows, "val_dice", "max", 4)
+    'epoch 2/4  train_loss 0.4  val_dice 0.6 (best 0.7 @ 1)  30 s/epoch, 1.0 min left'
+    """
+    row = rows[-1]
+    done = int(row["epoch"]) + 1
+    values = [r.get(monitor, math.nan) for r in rows]
+    pick = max if mode == "max" else min
+    best = pick(range(len(values)), key=lambda i: (not math.isnan(values[i]), values[i]))
+    parts = [f"epoch {done}/{max_epochs or '?'}"]
+    parts += [f"{key} {row[key]:.4g}" for key in ("train_loss", "val_loss") if key in row]
+    if monitor != "val_loss":
+        parts.append(f"{monitor} {row.get(monitor, math.nan):.4g}")
+    parts[-1] += f" (best {values[best]:.4g} @ {int(rows[best]['epoch']) + 1})"
+    pace = (row["seconds"] - rows[0]["seconds"]) / (len(rows) - 1) if len(rows) > 1 else (
+        row["seconds"] / done)  # fmt: skip
+    left = f", {pace * max(0, (max_epochs or done) - done) / 60:.1f} min left"
+    return "  ".join(parts) + f"  {pace:.0f} s/epoch" + left
 
 
 def write_curves(history: Sequence[Mapping[str, float]], target: Path) -> None:
