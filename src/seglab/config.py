@@ -336,8 +336,10 @@ class SegmentersParams(Section):
     # memory format that suits one network, e.g. ``swinunetr: {trainer: {max_epochs: 24}}``.
     arch_train: dict[SegmenterArch, dict[str, Any]] = {}
     # Connected-component clean-up of the predictions (seglab.inference.postprocess): auto picks
-    # the method with the best validation Dice after training (none unless one earns its place).
+    # the method and the smallest region kept with the best validation Dice after training
+    # (none unless one earns its place); a method names one, with postprocess_min_pixels.
     postprocess: Literal["auto", "none", "heart", "structures"] = "auto"
+    postprocess_min_pixels: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _unique_archs(self) -> SegmentersParams:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seglab.inference.postprocess import METHODS, choose, postprocess
+from seglab.inference.postprocess import METHODS, MIN_PIXELS, choose, drop_small, postprocess
 from seglab.metrics.labels import LV, MYO, RV
 
 
@@ -42,10 +42,21 @@ def test_none_is_a_copy_and_unknown_methods_are_refused() -> None:
         postprocess(mask, "open")  # type: ignore[arg-type]
 
 
-def test_choose_takes_the_best_score_and_none_on_ties() -> None:
+def test_drop_small_removes_regions_below_the_size_of_each_structure() -> None:
+    mask = _mask()
+    out = drop_small(mask, 5)  # the 4-pixel RV island and the 1-pixel LV speck go
+    assert out[0, 28:30, 2:4].max() == 0 and out[0, 2, 28] == 0
+    assert (out[0, 8:20, 8:26] == mask[0, 8:20, 8:26]).all()
+    kept = drop_small(mask, 4)  # regions below 4 pixels: the speck only
+    assert (kept[0, 28:30, 2:4] == RV).all() and kept[0, 2, 28] == 0
+    assert (drop_small(mask, 0) == mask).all()
+
+
+def test_choose_takes_the_best_score_and_the_simplest_on_ties() -> None:
     mask = _mask()
     truth = postprocess(mask, "heart")
-    best, scores = choose(mask, lambda p: float((p == truth).mean()))
-    assert best in ("heart", "structures") and set(scores) == set(METHODS)
-    assert scores[best] == 1.0 > scores["none"]
-    assert choose(mask, lambda p: 0.5)[0] == "none"
+    (method, size), scores = choose(mask, lambda p: float((p == truth).mean()))
+    assert len(scores) == len(METHODS) * len(MIN_PIXELS)
+    assert (method, size) in (("none", 10), ("heart", 0))  # both clean the two specks
+    assert scores[f"{method}_min{size}"] == 1.0 > scores["none_min0"]
+    assert choose(mask, lambda p: 0.5)[0] == ("none", 0)

@@ -36,7 +36,7 @@ from seglab.data.phantom.masks import heart_masks
 from seglab.data.prepare_acdc import prepare_acdc
 from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import ConfigError, DataError, SeglabError
-from seglab.inference.postprocess import METHODS
+from seglab.inference.postprocess import METHODS, MIN_PIXELS
 from seglab.metrics.anatomy import check_slices
 from seglab.stages.segmenters import (
     EXPERIMENT,
@@ -300,13 +300,20 @@ def test_a_2_5d_segmenter_keeps_its_context_and_its_clean_up_chosen_on_val(
     result = train_segmenter(params, "unet", root=tmp_path)
     module = load_segmenter(tmp_path / "models/segmenters/unet.ckpt").eval()
     assert context_of(module) == 1 and module.net.model[0].conv.in_channels == 3
-    assert postprocess_of(module) in METHODS
+    method, size = postprocess_of(module)
+    assert method in METHODS and size in MIN_PIXELS
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
         [mlflow.get_experiment_by_name(EXPERIMENT).experiment_id]
     )[0]
-    assert run.data.tags["postprocess"] == postprocess_of(module)
-    scores = {m: run.data.metrics[f"val_dice_mean_postprocess_{m}"] for m in METHODS}
-    assert scores[postprocess_of(module)] == max(scores.values())
+    assert run.data.tags["postprocess"] == method
+    assert run.data.tags["postprocess_min_pixels"] == str(size)
+    scores = {
+        key.removeprefix("val_dice_mean_postprocess_"): value
+        for key, value in run.data.metrics.items()
+        if key.startswith("val_dice_mean_postprocess_")
+    }
+    assert len(scores) == len(METHODS) * len(MIN_PIXELS)
+    assert scores[f"{method}_min{size}"] == max(scores.values())
     test = load_split(tmp_path / "prepared" / "test.npz")
     pred = predict_labels(module, test, train.trainer)
     assert evaluate(pred, test)["dice_mean"] == pytest.approx(result["dice_mean"], nan_ok=True)

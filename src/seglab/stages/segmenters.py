@@ -125,9 +125,10 @@ def context_of(module: SegmentationModule) -> int:
     return int(module.hparams.get("context_slices", 0))
 
 
-def postprocess_of(module: SegmentationModule) -> Method:
-    """The clean-up chosen for ``module``'s predictions after its training (none before)."""
-    return module.hparams.get("postprocess", "none")
+def postprocess_of(module: SegmentationModule) -> tuple[Method, int]:
+    """The clean-up chosen for ``module``'s predictions after its training: the method and the
+    smallest region kept (none, 0 before)."""
+    return module.hparams.get("postprocess", "none"), int(module.hparams.get("min_pixels", 0))
 
 
 def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
@@ -177,6 +178,7 @@ def load_segmenter(path: Path) -> SegmentationModule:
                 "net_params": hparams["net_params"],
                 "context_slices": context,
                 "postprocess": hparams.get("postprocess", "none"),
+                "min_pixels": int(hparams.get("min_pixels", 0)),
             },
         )
     except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as exc:
@@ -193,16 +195,16 @@ def predict_labels(
     batch = inference_batch(trainer)
     images = image_tensor(slices, context_of(module))
     pred = predict(module, images, trainer, batch).numpy().astype(np.uint8)
-    return pred if raw else postprocess(pred, postprocess_of(module))
+    return pred if raw else postprocess(pred, *postprocess_of(module))
 
 
 def choose_postprocess(
-    module: SegmentationModule, val: SliceSet, trainer: TrainerParams, setting: str
-) -> tuple[Method, dict[str, float]]:
-    """The clean-up for ``module``: ``setting``, or with ``auto`` the method with the best
-    validation Dice (never the test split); and each method's validation Dice."""
-    if setting != "auto":
-        return setting, {}  # type: ignore[return-value]
+    module: SegmentationModule, val: SliceSet, trainer: TrainerParams, seg: SegmentersParams
+) -> tuple[tuple[Method, int], dict[str, float]]:
+    """The clean-up for ``module``: the params' method, or with ``auto`` the method and size
+    with the best validation Dice (never the test split); and each one's validation Dice."""
+    if seg.postprocess != "auto":
+        return (seg.postprocess, seg.postprocess_min_pixels), {}
     pred = predict_labels(module, val, trainer, raw=True)
     return choose(
         pred, lambda p: summarize_overlap(overlap(p, val.label, val.spacing))["dice_mean"]
@@ -284,7 +286,7 @@ def _train(
     work: Path,
     run_id: str,
     tracking_uri: str,
-    postprocess_setting: str,
+    seg: SegmentersParams,
 ) -> tuple[SegmentationModule, FitResult]:
     """Fit on ``splits`` train/val; the best epoch's module, its clean-up chosen on val
     (``segmenters.postprocess``), and what the fit left."""
@@ -305,10 +307,10 @@ def _train(
         log_every_n_steps=1,  # the module logs per epoch only; this just silences the warning
     )
     best = load_segmenter(result.best_path)
-    method, scores = choose_postprocess(best, splits["val"], trainer, postprocess_setting)
-    best.hparams["postprocess"] = method
-    log_metrics({f"val_dice_mean_postprocess_{m}": v for m, v in scores.items()})
-    set_tags({"postprocess": method})
+    (method, size), scores = choose_postprocess(best, splits["val"], trainer, seg)
+    best.hparams.update({"postprocess": method, "min_pixels": size})
+    log_metrics({f"val_dice_mean_postprocess_{key}": v for key, v in scores.items()})
+    set_tags({"postprocess": method, "postprocess_min_pixels": size})
     return best, result
 
 
@@ -376,9 +378,7 @@ def train_segmenter(
         crossfit = _crossfit(params, arch, splits, work, uri, run_args) if folds > 1 else None
         final = work("final")
         trainer = seg.train_for(arch).trainer
-        best, fitted = _train(
-            new_module(arch, seg), splits, trainer, final, run_id, uri, seg.postprocess
-        )
+        best, fitted = _train(new_module(arch, seg), splits, trainer, final, run_id, uri, seg)
         seconds, epochs = fitted.train_seconds, fitted.epochs
         test = splits["test"]
         pred = predict_labels(best, test, trainer)
@@ -400,7 +400,7 @@ def train_segmenter(
         export_checkpoint(
             final / "best.ckpt",
             checkpoint_path(seg, arch, root),
-            {"postprocess": postprocess_of(best)},
+            dict(zip(("postprocess", "min_pixels"), postprocess_of(best), strict=True)),
         )
         write_curves(fitted.history, curves_path(seg, arch, root))
         write_json(
@@ -468,7 +468,7 @@ def _crossfit(
                     directory,
                     run.info.run_id,
                     uri,
-                    seg.postprocess,
+                    seg,
                 )
                 fold_seconds = fold_fit.train_seconds
                 pred[held] = predict_labels(best, _subset(train, held), trainer)

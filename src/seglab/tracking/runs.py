@@ -282,7 +282,7 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     )
 
 
-def set_tags(tags: Mapping[str, str]) -> None:
+def set_tags(tags: Mapping[str, object]) -> None:
     """Tag the active run (choices made while it ran, e.g. a segmenter's post-processing)."""
     _active_run_id()
     mlflow.set_tags({key: str(value) for key, value in tags.items()})
