@@ -31,7 +31,13 @@ import yaml
 from seglab.config import CardiacParams, load_params
 from seglab.data.store import load_split
 from seglab.io import write_json
-from seglab.stages.segmenters import checkpoint_path, evaluate, load_segmenter, predict_labels
+from seglab.stages.segmenters import (
+    checkpoint_path,
+    choose_postprocess,
+    evaluate,
+    load_segmenter,
+    predict_labels,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +63,7 @@ SEGMENTER_KEYS = (
     "params_count",
 )
 #: Recomputed with this code: emptied masks and the per-volume (challenge) Dice.
-EXTRA_KEYS = ("emptied", "dice3d_mean", "dice3d_lv", "dice3d_myo", "dice3d_rv")
+EXTRA_KEYS = ("emptied", "dice3d_mean", "dice3d_lv", "dice3d_myo", "dice3d_rv", "postprocess")
 FIGURE_KEYS = ("dice_mean", "dice_lv", "dice_myo", "dice_rv", "hd95_mean", "anatomical_validity")
 
 
@@ -76,11 +82,18 @@ def _commit(project: Path) -> str:
 
 
 def reevaluate(project: Path, params: CardiacParams, arch: str) -> dict[str, Any]:
-    """Test figures of ``arch``'s checkpoint on the run's test split, with this code's metrics."""
-    test = load_split(project / params.acdc.prepared / "test.npz")
+    """Test figures of ``arch``'s checkpoint on the run's test split, with this code's metrics
+    and its post-processing, chosen again on the run's validation split (never on test)."""
+    folder = project / params.acdc.prepared
     module = load_segmenter(checkpoint_path(params.segmenters, arch, project))
     trainer = params.segmenters.train_for(arch).trainer
-    return evaluate(predict_labels(module, test, trainer), test)
+    val, test = load_split(folder / "val.npz"), load_split(folder / "test.npz")
+    (method, size), _ = choose_postprocess(module, val, trainer, params.segmenters)
+    module.hparams.update({"postprocess": method, "min_pixels": size})
+    return {
+        **evaluate(predict_labels(module, test, trainer), test),
+        "postprocess": f"{method}, regions >= {size} px",
+    }
 
 
 def collect(project: Path, params: CardiacParams, recompute: bool) -> dict[str, Any]:

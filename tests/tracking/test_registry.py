@@ -344,8 +344,8 @@ def test_dry_run_changes_nothing(
     monkeypatch.chdir(project)
     assert main(["promote", model, "--dry-run", "--params", str(params)]) == 0
     out = capsys.readouterr().out
-    assert f"{model}: promoted version 1 to champion (was none)" in out
-    assert "dry run: nothing was changed" in out
+    assert f"{model}: would promote version 1 to champion (now none)" in out
+    assert "promoted" not in out and "dry run: nothing was changed" in out
     assert champion_of(store, model) is None
 
 
@@ -425,6 +425,20 @@ def test_promote_all_gives_every_comparable_model_a_champion(
     assert isinstance(results["mystery"], ConfigError)
     assert champion_of(store, "acdc-nvae") == "1"
     assert champion_of(store, "lgg-fpn-resnet18") == "2"  # the newest, first champion
+    # One run for the pass, a child run per model named after it; the decision a reader reads
+    # is the version's description.
+    client = client_of(store)
+    experiment = client.get_experiment_by_name(PROMOTION_EXPERIMENT).experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([experiment])}
+    assert set(runs) == {"promote *", "promote acdc-nvae", "promote lgg-fpn-resnet18",
+                         "promote mystery"}  # fmt: skip
+    parent = runs["promote *"].info.run_id
+    for model in ("acdc-nvae", "lgg-fpn-resnet18", "mystery"):
+        assert runs[f"promote {model}"].data.tags["mlflow.parentRunId"] == parent
+    assert runs["promote acdc-nvae"].data.tags["promotion.acdc-nvae"] == "promoted v1"
+    assert runs["promote mystery"].data.tags["promotion.mystery"].startswith("refused: ")
+    description = client.get_model_version("lgg-fpn-resnet18", "2").description
+    assert description.startswith("lgg-fpn-resnet18: promoted version 2 to champion")
 
     params = project / "params.yaml"
     params.write_text(f"tracking:\n  uri: {store}\n")

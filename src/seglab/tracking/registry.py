@@ -485,6 +485,8 @@ def _record(client: MlflowClient, decision: Decision, aliases: dict[str, str]) -
         return replace(decision, repeat_of=repeat)
     stamp = _stamp(decision.time)
     client.set_model_version_tag(model, version, PROMOTION_TAG + stamp, decision.to_json())
+    # The UI shows a version's description on its page: the latest decision, as a reader reads it.
+    client.update_model_version(model, version, description=render_decision(decision))
     if decision.outcome != "promoted":
         return decision
     client.set_registered_model_alias(model, CHAMPION, version)
@@ -650,23 +652,32 @@ def promote_all(
         "rules": rules,
     }
 
-    def each(run_id: str | None) -> dict[str, Decision | SeglabError]:
-        out: dict[str, Decision | SeglabError] = {}
-        for model in models:
-            try:
-                out[model] = _promote_one(client, uri, model, None, run_id=run_id, **options)
-            except SeglabError as exc:
-                out[model] = exc
-        return out
+    def one(model: str, run_id: str | None) -> Decision | SeglabError:
+        try:
+            return _promote_one(client, uri, model, None, run_id=run_id, **options)
+        except SeglabError as exc:
+            return exc
 
     if dry_run:
-        return each(None)
-    settings = {"model": f"{prefix}*", "metric": metric or "default", "goal": goal or "default"}
+        return {model: one(model, None) for model in models}
+    settings = {"metric": metric or "default", "goal": goal or "default"}
+    rule = _settings(min_delta, rules)
+    results: dict[str, Decision | SeglabError] = {}
+    # One run for the whole pass (the summary), one child run per model named after it.
     with _promotion_run(
-        tracking, root, "promote --all", {**settings, **_settings(min_delta, rules)}, params_file
-    ) as run_id:
-        results = each(run_id)
-        _log_decisions(client, run_id, [d for d in results.values() if isinstance(d, Decision)])
+        tracking, root, f"promote {prefix}*", {"model": f"{prefix}*", **settings, **rule},
+        params_file,
+    ) as parent:  # fmt: skip
+        for model in models:
+            with _promotion_run(
+                tracking, root, f"promote {model}", {"model": model, **settings, **rule}, None
+            ) as run_id:
+                results[model] = result = one(model, run_id)
+                if isinstance(result, Decision):
+                    _log_decisions(client, run_id, [result])
+                else:
+                    client.set_tag(run_id, f"promotion.{model}", f"refused: {result}")
+        _log_decisions(client, parent, [d for d in results.values() if isinstance(d, Decision)])
         refused = {m: str(e) for m, e in results.items() if isinstance(e, SeglabError)}
         if refused:
             log_dict(refused, "refused.json")
@@ -745,12 +756,21 @@ def _figure(value: float | None) -> str:
 def render_decision(d: Decision) -> str:
     """What a promotion decided and on which figures, for the terminal."""
     was = f"version {d.champion.version}" if d.champion else "none"
-    kept = f"kept {was} as {CHAMPION}" if d.champion else f"no {CHAMPION}"
-    head = {
-        "promoted": f"promoted version {d.candidate.version} to {CHAMPION} (was {was})",
-        "rejected": f"{kept}; rejected version {d.candidate.version}",
-        "unchanged": f"nothing to do: version {d.candidate.version} is already {CHAMPION}",
-    }[d.outcome]
+    candidate = f"version {d.candidate.version}"
+    if d.dry_run:  # nothing moved: say what would have
+        kept = f"would keep {was} as {CHAMPION}" if d.champion else f"no {CHAMPION}"
+        head = {
+            "promoted": f"would promote {candidate} to {CHAMPION} (now {was})",
+            "rejected": f"{kept}; would reject {candidate}",
+            "unchanged": f"nothing to do: {candidate} is already {CHAMPION}",
+        }[d.outcome]
+    else:
+        kept = f"kept {was} as {CHAMPION}" if d.champion else f"no {CHAMPION}"
+        head = {
+            "promoted": f"promoted {candidate} to {CHAMPION} (was {was})",
+            "rejected": f"{kept}; rejected {candidate}",
+            "unchanged": f"nothing to do: {candidate} is already {CHAMPION}",
+        }[d.outcome]
     direction = "higher" if d.goal == "max" else "lower"
     lines = [
         f"{d.model}: {head}",
