@@ -25,12 +25,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import time_to_dice
 import yaml
 
 from seglab.config import CardiacParams, load_params
 from seglab.data.store import load_split
 from seglab.io import write_json
+from seglab.metrics.overlap import STRUCTURES, Case, overlap
 from seglab.stages.segmenters import (
     checkpoint_path,
     choose_postprocess,
@@ -63,7 +65,15 @@ SEGMENTER_KEYS = (
     "params_count",
 )
 #: Recomputed with this code: emptied masks and the per-volume (challenge) Dice.
-EXTRA_KEYS = ("emptied", "dice3d_mean", "dice3d_lv", "dice3d_myo", "dice3d_rv", "postprocess")
+EXTRA_KEYS = (
+    "emptied",
+    "dice3d_mean",
+    "dice3d_lv",
+    "dice3d_myo",
+    "dice3d_rv",
+    "postprocess",
+    "where_lost",
+)
 FIGURE_KEYS = ("dice_mean", "dice_lv", "dice_myo", "dice_rv", "hd95_mean", "anatomical_validity")
 
 
@@ -90,10 +100,31 @@ def reevaluate(project: Path, params: CardiacParams, arch: str) -> dict[str, Any
     val, test = load_split(folder / "val.npz"), load_split(folder / "test.npz")
     (method, size), _ = choose_postprocess(module, val, trainer, params.segmenters)
     module.hparams.update({"postprocess": method, "min_pixels": size})
+    pred = predict_labels(module, test, trainer)
     return {
-        **evaluate(predict_labels(module, test, trainer), test),
+        **evaluate(pred, test),
         "postprocess": f"{method}, regions >= {size} px",
+        "where_lost": where_lost(pred, test),
     }
+
+
+def where_lost(pred: Any, test: Any) -> dict[str, dict[str, float]]:
+    """Per structure, what its per-slice mean Dice is made of: the Dice of the slices where
+    both masks have it, and the slices that count 0: a false positive (the ground truth has no
+    such structure there, usually beyond the base or the apex) or a miss."""
+    result = overlap(pred, test.label, test.spacing)
+    out: dict[str, dict[str, float]] = {}
+    for j, name in enumerate(STRUCTURES):
+        case, dice = result.case[:, j], result.dice[:, j]
+        both = case == Case.BOTH_PRESENT
+        out[name] = {
+            "dice": float(np.nanmean(dice)),
+            "dice_where_both": float(dice[both].mean()),
+            "slices_both": int(both.sum()),
+            "false_positive_slices": int((case == Case.ABSENT_IN_GT).sum()),
+            "missed_slices": int((case == Case.ABSENT_IN_PRED).sum()),
+        }
+    return out
 
 
 def collect(project: Path, params: CardiacParams, recompute: bool) -> dict[str, Any]:
@@ -162,16 +193,34 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{summary['cores']} cores.",
         "",
         "| segmenter | Dice mean | LV | MYO | RV | HD95 mm | validity | emptied | 3D Dice "
-        "| train min | epochs | params | study Dice |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| train min | epochs | params | clean-up (val) | study Dice |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arch, r in summary["segmenters"].items():
         cells = [arch, *(_cell(r[k]) for k in FIGURE_KEYS[:4]), _cell(r["hd95_mean"], 1)]
         cells += [_cell(r["anatomical_validity"]), _cell(r["emptied"]), _cell(r["dice3d_mean"])]
         cells += [_cell((r["train_seconds"] or 0) / 60, 1)]
         cells += [_cell(r["epochs"]), f"{(r['params_count'] or 0) / 1e6:.2f}M"]
-        cells += [_cell(r["study_dice_mean"], 4)]
+        cells += [_cell(r.get("postprocess")), _cell(r["study_dice_mean"], 4)]
         lines.append("| " + " | ".join(cells) + " |")
+    lost = {a: r["where_lost"] for a, r in summary["segmenters"].items() if r.get("where_lost")}
+    if lost:
+        lines += [
+            "",
+            "Where per-slice Dice is lost (test): per structure, the Dice of the slices where "
+            "both masks have it, and the slices that count 0 (false positive: the ground truth "
+            "has no such structure on that slice; missed: the prediction has none).",
+            "",
+            "| segmenter | structure | Dice | Dice where both | slices both | false positive "
+            "| missed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for arch, per in lost.items():
+            for name, r in per.items():
+                cells = [arch, name, _cell(r["dice"]), _cell(r["dice_where_both"])]
+                cells += [str(r[k]) for k in ("slices_both", "false_positive_slices")]
+                cells += [str(r["missed_slices"])]
+                lines.append("| " + " | ".join(cells) + " |")
     if summary["correctors"]:
         lines += [
             "",

@@ -24,6 +24,7 @@ from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import DataError
 from seglab.metrics.labels import LV, RV
 from seglab.stages import correctors
+from seglab.stages.correction_report import provenance
 from seglab.stages.correctors import load_predictions, train_corrector
 from seglab.stages.nvae import NvaeFit
 from seglab.training.nvae_module import NvaeModule
@@ -175,7 +176,8 @@ def test_report_stage_after_both_correctors(
     assert saved.keys() == printed.keys()
     for method in ("before", "nvae", "nvae-gated", "context", "context-gated"):
         assert method in saved, method
-    assert (project / params.correction.out / "report.md").is_file()
+    report = (project / params.correction.out / "report.md").read_text().splitlines()
+    assert report[2].startswith(f"**Made with profile `{params.profile}` on `{params.acdc.raw}`")
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     [run] = client.search_runs(
         [client.get_experiment_by_name("acdc-correctors").experiment_id],
@@ -268,3 +270,12 @@ def test_predictions_must_line_up_with_acdcseg(project: Path, tmp_path: Path) ->
     )
     with pytest.raises(DataError, match="patient differs"):
         load_predictions(path, test)
+
+
+def test_the_report_says_when_its_figures_come_from_the_phantom() -> None:
+    phantom = CardiacParams()
+    assert "the generated phantom" in provenance(phantom)
+    real = phantom.model_copy(
+        update={"acdc": phantom.acdc.model_copy(update={"raw": "/data/ACDC/database"})}
+    )
+    assert provenance(real) == "Made with profile `quick` on `/data/ACDC/database`."

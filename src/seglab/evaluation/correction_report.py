@@ -577,6 +577,7 @@ def _report_text(
     clinical_mae: pd.DataFrame,
     params: CorrectionReportParams,
     figure_names: list[str],
+    provenance: str = "",
 ) -> str:
     methods = list(tables["summary"]["method"])
     qc_lines = [
@@ -587,6 +588,7 @@ def _report_text(
     ] or ["- no QC score was given"]
     sections = [
         "# Correction study: segmenters' masks before and after correction",
+        *([f"**{provenance}**"] if provenance else []),
         f"{summary['slices']} slices ({summary['empty_gt_slices']} with an empty ground truth), "
         f"methods: {', '.join(methods)}. Per-slice Dice is the mean over the structures present "
         "in the ground truth or the mask, 1 when both are empty; dataset Dice is the mean of the "
@@ -708,10 +710,13 @@ def correction_report(
     params: CorrectionReportParams,
     out_dir: Path,
     plots_dir: Path,
+    provenance: str = "",
 ) -> dict[str, Any]:
     """Measure ``before`` and every ``after`` method against ``gt`` on the rows of ``meta``;
     write report.md, CSV tables and PNG figures to ``out_dir`` and the DVC plot data to
     ``plots_dir`` (both atomically); return the summary (the metrics file's content).
+    ``provenance`` (what profile and data made the figures) opens the report, so that figures
+    set beside the study's always say where they come from.
 
     ``image`` float [N, H, W], masks uint8 [N, H, W] (0 bg, 1 RV, 2 MYO, 3 LV), ``scores``
     float [N] each, higher = more plausible. Raises ValueError naming the offending input.
@@ -743,7 +748,7 @@ def correction_report(
         clinical_mae.to_csv(out / "clinical_mae.csv")
         for name, figure in figures.items():
             figure.savefig(out / name, dpi=_DPI)
-        text = _report_text(summary, qc[0], tables, clinical_mae, params, list(figures))
+        text = _report_text(summary, qc[0], tables, clinical_mae, params, list(figures), provenance)
         (out / "report.md").write_text(text)
         _plot_data(scored, deltas, changes, qc[1], plots)
     return summary

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from seglab.config import CardiacParams
+from seglab.config import AcdcDataParams, CardiacParams
 from seglab.data.store import load_split
 from seglab.evaluation.correction_report import correction_report
 from seglab.io import write_json
@@ -41,6 +41,17 @@ def _numbers(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
             if np.isfinite(value):
                 out[name] = float(value)
     return out
+
+
+def provenance(params: CardiacParams) -> str:
+    """The line that opens the report: which profile and data made its figures."""
+    line = f"Made with profile `{params.profile}` on `{params.acdc.raw}`"
+    if Path(params.acdc.raw) == Path(AcdcDataParams().raw):
+        return line + (
+            " (the generated phantom): these figures show that the pipeline runs, not the "
+            "study's results; README, 'Results on real ACDC', has those."
+        )
+    return line + "."
 
 
 def evaluate_correction(
@@ -81,6 +92,7 @@ def evaluate_correction(
             report,
             out_dir,
             root / report.plots,
+            provenance(params),
         )
         log_metrics(_numbers(summary))
         log_artifact(out_dir)
