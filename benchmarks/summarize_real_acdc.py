@@ -158,6 +158,8 @@ def collect(project: Path, params: CardiacParams, recompute: bool) -> dict[str, 
                 row["study_dice_mean"] = STUDY.get(variant)
             correctors[name] = row
     nvae = _read(project / params.nvae.metrics / "nvae.json")
+    if not (project / params.nvae.models / "nvae.ckpt").is_file():
+        nvae = None  # the tracked quick-profile file, not this run's (its checkpoint is absent)
     test_patients = meta.get("splits", {}).get("test", [])
     return {
         "profile": params.profile,
