@@ -757,20 +757,18 @@ def render_decision(d: Decision) -> str:
     """What a promotion decided and on which figures, for the terminal."""
     was = f"version {d.champion.version}" if d.champion else "none"
     candidate = f"version {d.candidate.version}"
-    if d.dry_run:  # nothing moved: say what would have
-        kept = f"would keep {was} as {CHAMPION}" if d.champion else f"no {CHAMPION}"
-        head = {
-            "promoted": f"would promote {candidate} to {CHAMPION} (now {was})",
-            "rejected": f"{kept}; would reject {candidate}",
-            "unchanged": f"nothing to do: {candidate} is already {CHAMPION}",
-        }[d.outcome]
-    else:
-        kept = f"kept {was} as {CHAMPION}" if d.champion else f"no {CHAMPION}"
-        head = {
-            "promoted": f"promoted {candidate} to {CHAMPION} (was {was})",
-            "rejected": f"{kept}; rejected {candidate}",
-            "unchanged": f"nothing to do: {candidate} is already {CHAMPION}",
-        }[d.outcome]
+    # A dry run moved nothing: it says what would have happened.
+    keep, reject, promote, before = (
+        ("would keep", "would reject", "would promote", "now")
+        if d.dry_run
+        else ("kept", "rejected", "promoted", "was")
+    )
+    kept = f"{keep} {was} as {CHAMPION}" if d.champion else f"no {CHAMPION}"
+    head = {
+        "promoted": f"{promote} {candidate} to {CHAMPION} ({before} {was})",
+        "rejected": f"{kept}; {reject} {candidate}",
+        "unchanged": f"nothing to do: {candidate} is already {CHAMPION}",
+    }[d.outcome]
     direction = "higher" if d.goal == "max" else "lower"
     lines = [
         f"{d.model}: {head}",
