@@ -120,6 +120,10 @@ def _tensors(slices: SliceSet, context: int) -> tuple[torch.Tensor, torch.Tensor
     return image_tensor(slices, context), torch.from_numpy(slices.label)
 
 
+#: Hyper-parameters the stage keeps in a segmenter's checkpoint beside the module's own.
+_STAGE_HPARAMS = ("arch", "net_params", "context_slices", "postprocess", "min_pixels")
+
+
 def context_of(module: SegmentationModule) -> int:
     """The neighbouring slices on either side that ``module`` takes as input (0 before 2.5D)."""
     return int(module.hparams.get("context_slices", 0))
@@ -173,13 +177,9 @@ def load_segmenter(path: Path) -> SegmentationModule:
             path,
             net=build_segmenter(arch, nets, in_channels=1 + 2 * context),
             map_location="cpu",
-            hparams={
-                "arch": arch,
-                "net_params": hparams["net_params"],
-                "context_slices": context,
-                "postprocess": hparams.get("postprocess", "none"),
-                "min_pixels": int(hparams.get("min_pixels", 0)),
-            },
+            # What the stage stored beside the module's own settings; older checkpoints lack
+            # the later keys, and context_of / postprocess_of supply their defaults.
+            hparams={key: hparams[key] for key in _STAGE_HPARAMS if key in hparams},
         )
     except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise DataError(path, f"not a readable segmenter checkpoint ({exc})") from exc
@@ -400,7 +400,7 @@ def train_segmenter(
         export_checkpoint(
             final / "best.ckpt",
             checkpoint_path(seg, arch, root),
-            dict(zip(("postprocess", "min_pixels"), postprocess_of(best), strict=True)),
+            {key: best.hparams[key] for key in ("postprocess", "min_pixels")},
         )
         write_curves(fitted.history, curves_path(seg, arch, root))
         write_json(
