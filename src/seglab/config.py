@@ -146,6 +146,9 @@ class TrainerParams(Section):
     so the same code runs bf16 on a GPU and fp32 on a CPU)."""
 
     max_epochs: int = Field(100, ge=1)
+    # A wall-time budget for the whole fit (Lightning's max_time, kept across a resume): the
+    # same minutes for every network is a fair comparison on one machine. null: epochs only.
+    max_minutes: float | None = Field(None, gt=0)
     batch_size: int = Field(8, ge=1)
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str = "auto"

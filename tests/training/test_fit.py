@@ -88,6 +88,18 @@ def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path: Path) -> Non
     assert result.epochs == 3
 
 
+def test_a_time_budget_ends_the_fit_before_its_epochs(tmp_path: Path) -> None:
+    # 1000 epochs would take minutes; a 1.2-second budget stops after a few.
+    result = fit(
+        _module(),
+        _data(),
+        _params(max_epochs=1000, max_minutes=0.02),
+        tmp_path,
+        monitor="val_dice_mean",
+    )
+    assert 1 <= result.epochs < 1000 and result.best_path.is_file()
+
+
 def test_metrics_go_into_the_given_run_and_the_run_stays_open(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

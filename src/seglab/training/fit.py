@@ -17,6 +17,7 @@ into a Lightning ``Trainer``, keeps the best and last checkpoints, resumes, and 
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,7 @@ def make_trainer(
         callbacks = [*callbacks, Speedups(params.channels_last, params.compile)]
     return L.Trainer(
         max_epochs=params.max_epochs,
+        max_time=timedelta(minutes=params.max_minutes) if params.max_minutes else None,
         limit_train_batches=params.limit_train_batches,
         limit_val_batches=params.limit_val_batches,
         accelerator=params.accelerator,
