@@ -1,4 +1,4 @@
-"""The `seglab` command: parse, load params, call one function. No logic lives here."""
+"""The `seglab` command: parse, load params, call one function (no study logic lives here)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,19 @@ if TYPE_CHECKING:
 
 CARDIAC_PARAMS = "params.yaml"
 BRAIN_PARAMS = "pipelines/lgg/params.yaml"
+DESCRIPTION = """\
+seglab: the cardiac (ACDC) and brain (LGG) segmentation studies, step by step. Each command is
+one step of `dvc repro` (dvc.yaml, pipelines/lgg/dvc.yaml) and logs to MLflow; every setting is
+in params.yaml (pipelines/lgg/params.yaml for the brain study). `seglab COMMAND --help` for one.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command shows its defaults in --help."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
 
 def _data_check(args: argparse.Namespace) -> int:
@@ -278,7 +291,12 @@ def _lgg(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seglab", description=__doc__)
+    from importlib.metadata import version
+
+    parser = _Parser(
+        prog="seglab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"seglab {version('seglab')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="inspect raw datasets").add_subparsers(
@@ -290,20 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_data_check)
 
     phantom = sub.add_parser("phantom", help="write a generated dataset in the real on-disk format")
-    phantom.add_argument("dataset", choices=["acdc", "lgg"])
+    phantom.add_argument("dataset", choices=["acdc", "lgg"], help="which study's format")
     phantom.add_argument("out", help="output folder (replaced atomically)")
-    phantom.add_argument("--patients", type=int, default=20)
-    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--patients", type=int, default=20, help="patients to generate")
+    phantom.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     phantom.set_defaults(func=_phantom)
 
     prepare = sub.add_parser("prepare", help="raw dataset -> 2D slices, splits (a DVC stage)")
-    prepare.add_argument("dataset", choices=["acdc", "lgg"])
+    prepare.add_argument(
+        "dataset",
+        choices=["acdc", "lgg"],
+        help=f"acdc: acdc.* of params.yaml; lgg: lgg.* of {BRAIN_PARAMS}",
+    )
     prepare.add_argument("--params", help="params file (default: the study's own)")
     prepare.set_defaults(func=_prepare)
 
     anatomy = sub.add_parser("anatomy", help="per-slice anatomical validity of a label volume")
     anatomy.add_argument("mask", help="label NIfTI (0 bg, 1 RV, 2 MYO, 3 LV)")
-    anatomy.add_argument("--json", action="store_true")
+    anatomy.add_argument("--json", action="store_true", help="machine-readable report")
     anatomy.set_defaults(func=_anatomy)
 
     tracking_help = "params file whose tracking section names the store (default: params.yaml)"
@@ -320,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--goal", choices=["max", "min"], help="default: known per metric")
     promote.add_argument("--min-delta", type=float, default=0.0, help="required improvement")
     promote.add_argument("--dry-run", action="store_true", help="decide, change nothing")
-    promote.add_argument("--json", action="store_true")
+    promote.add_argument("--json", action="store_true", help="print the decisions as JSON")
     promote.add_argument("--out", help="also write the decisions as JSON (a DVC stage output)")
     promote.add_argument(
         "--allow-refusals",
@@ -335,14 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     history = registry.add_parser("history", help="a model's promotion decisions and aliases")
     history.add_argument("model", help="registered model name")
-    history.add_argument("--json", action="store_true")
+    history.add_argument("--json", action="store_true", help="machine-readable history")
     history.add_argument("--params", help=tracking_help)
     history.set_defaults(func=_registry_history)
 
     server = sub.add_parser("server", help="MLflow tracking server + UI (tracking.server params)")
     server.add_argument("--host", help="interface to bind (default 127.0.0.1)")
-    server.add_argument("--port", type=int)
-    server.add_argument("--workers", type=int)
+    server.add_argument("--port", type=int, help="port to listen on (default 5000)")
+    server.add_argument("--workers", type=int, help="server worker processes (default 4)")
     server.add_argument("--backend-store-uri", help="e.g. postgresql://user@db-host/mlflow")
     server.add_argument("--artifacts-destination", help="e.g. s3://bucket/mlflow")
     server.add_argument(
@@ -365,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_a", help="run id or models:/NAME@ALIAS")
     compare.add_argument("run_b", help="run id or models:/NAME@ALIAS")
     compare.add_argument("--diff", action="store_true", help="only the values that differ")
-    compare.add_argument("--json", action="store_true")
+    compare.add_argument("--json", action="store_true", help="machine-readable comparison")
     compare.add_argument("--params", help=tracking_help)
     compare.set_defaults(func=_runs_compare)
 
@@ -402,7 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train an NVAE corrector from ACDCSeg predictions (nvae) or their 3-gram (context) "
         "to ground truth, correct and gate the test rows, register it (acdc-correctors)",
     )
-    corrector.add_argument("--variant", required=True, choices=["nvae", "context"])
+    corrector.add_argument(
+        "--variant",
+        required=True,
+        choices=["nvae", "context"],
+        help="nvae: from single predicted masks (ACDCSeg); context: from their 3-gram",
+    )
     corrector.add_argument("--params", help="params file (default: params.yaml)")
     corrector.set_defaults(func=_train_corrector)
 
@@ -490,7 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="the study's total of finished trials (default: search.n_trials)",
     )
-    nvae_search.add_argument("--sampler", choices=["tpe", "grid", "random"])
+    nvae_search.add_argument(
+        "--sampler", choices=["tpe", "grid", "random"], help="default: search.sampler"
+    )
     nvae_search.add_argument(
         "--multi-objective",
         action=argparse.BooleanOptionalAction,
@@ -504,7 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from seglab.quiet import quiet_libraries
+
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

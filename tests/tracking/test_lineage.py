@@ -84,6 +84,24 @@ def test_git_commit_and_dirty_follow_the_repository(project: Path) -> None:
     assert lineage.git_dirty(project) is True
 
 
+def test_outputs_a_pipeline_rewrites_do_not_make_the_tree_dirty(project: Path) -> None:
+    (project / "metrics").mkdir()
+    (project / "metrics" / "m.json").write_text("{}\n")
+    (project / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  s:\n    cmd: x\n    outs:\n    - path: metrics\n"
+    )
+    git(project, "add", ".")
+    git(project, "commit", "-q", "-m", "outputs")
+    (project / "metrics" / "m.json").write_text('{"dice": 0.9}\n')
+    (project / "dvc.lock").write_text((project / "dvc.lock").read_text() + "# rewritten\n")
+    assert lineage.dirty_files(project) == [] and lineage.git_dirty(project) is False
+    assert lineage.lineage_tags(project, {}, None)["git.dirty"] == "false"
+    (project / "params.yaml").write_text("profile: full\n")
+    assert lineage.dirty_files(project) == ["params.yaml"]
+    tags = lineage.lineage_tags(project, {}, None)
+    assert tags["git.dirty"] == "true" and tags["git.dirty_files"] == "params.yaml"
+
+
 def test_outside_git_gives_unknown_not_a_crash(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()

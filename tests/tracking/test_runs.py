@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,6 +179,10 @@ def test_run_carries_lineage_params_and_artifacts(project: Path, store: str) -> 
     assert logged["acdc.prepare.split.seed"] == "42"
     assert logged["tracking.uri"] == store
     assert done.data.metrics["dice_mean"] == 0.5
+    (logged_input,) = done.inputs.dataset_inputs  # the UI's Datasets column
+    assert logged_input.dataset.name == "ds" and logged_input.dataset.digest == dvc_md5
+    assert str((project / "data" / "ds").resolve()) in logged_input.dataset.source
+    assert {(t.key, t.value) for t in logged_input.tags} == {("mlflow.data.context", "training")}
 
     experiment = MlflowClient(store).get_experiment(done.info.experiment_id)
     assert experiment.name == "acdc-segmenters"
@@ -206,6 +211,51 @@ def test_failure_marks_the_run_and_propagates(project: Path, store: str) -> None
         with tracked_run(tracking, "failures", "interrupted", root=project) as run:
             raise KeyboardInterrupt
     assert run_of(store, run.info.run_id).info.status == "KILLED"
+
+
+def test_a_resumed_training_continues_its_run(project: Path, store: str) -> None:
+    tracking = TrackingParams(uri=store)
+    work = project / "work"
+    with pytest.raises(KeyboardInterrupt):
+        with tracked_run(tracking, "resumes", "unet", root=project, resume=work) as first:
+            log_metrics({"val_dice": 0.5}, step=0)
+            raise KeyboardInterrupt
+    assert (work / runs.RUN_ID_FILE).read_text().strip() == first.info.run_id
+    with tracked_run(tracking, "resumes", "unet", root=project, resume=work) as second:
+        log_metrics({"val_dice": 0.7}, step=1)
+    assert second.info.run_id == first.info.run_id
+    history = MlflowClient(store).get_metric_history(first.info.run_id, "val_dice")
+    assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.7)]
+    assert run_of(store, first.info.run_id).info.status == "FINISHED"
+    # A stage removes its work folder when it completes; without it, a new run starts.
+    shutil.rmtree(work)
+    with tracked_run(tracking, "resumes", "unet", root=project, resume=work) as third:
+        pass
+    assert third.info.run_id != first.info.run_id and len(runs_in(store, "resumes")) == 2
+
+
+def test_a_run_left_running_by_a_dead_process_is_ended_killed(project: Path, store: str) -> None:
+    tracking = TrackingParams(uri=store)
+    experiment_id = ensure_experiment(tracking, "orphans", root=project)
+    client = MlflowClient(store)
+    gone = subprocess.Popen(["true"])  # a pid that has exited
+    gone.wait()
+    orphan = client.create_run(experiment_id, run_name="unet").info.run_id
+    alive = client.create_run(experiment_id, run_name="unet").info.run_id
+    other = client.create_run(experiment_id, run_name="resunet").info.run_id
+    host = runs.socket.gethostname()
+    client.set_tag(orphan, runs.HOST_TAG, host)
+    client.set_tag(orphan, runs.PID_TAG, str(gone.pid))
+    client.set_tag(alive, runs.HOST_TAG, host)
+    client.set_tag(alive, runs.PID_TAG, str(os.getpid()))
+    client.set_tag(other, runs.HOST_TAG, host)
+    client.set_tag(other, runs.PID_TAG, str(gone.pid))
+    with tracked_run(tracking, "orphans", "unet", root=project) as run:
+        pass
+    assert run_of(store, orphan).info.status == "KILLED"
+    assert run_of(store, alive).info.status == "RUNNING"  # its process still runs
+    assert run_of(store, other).info.status == "RUNNING"  # another stage's, left to it
+    assert run_of(store, run.info.run_id).data.tags[runs.PID_TAG] == str(os.getpid())
 
 
 def test_missing_dataset_stops_before_any_run(project: Path, store: str) -> None:

@@ -100,20 +100,6 @@ def test_validation_metrics_of_a_perfect_and_of_a_known_prediction() -> None:
     assert metrics["val_accuracy"] == pytest.approx(1 - 1 / (4 * 64))
 
 
-def test_scores_per_slice() -> None:
-    module = SegmentationModule(OneHotOracle(), 4, class_names=NAMES)
-    target = torch.zeros(2, 4, 4, dtype=torch.uint8)
-    target[:, :2] = 3  # 8 LV pixels per slice
-    pred = target.clone()
-    pred[1, 0] = 0  # slice 1: 4 of the 8 LV pixels predicted
-    dice, iou, accuracy = module.scores(pred, target)
-    lv = module.class_ids.index(3)
-    assert dice[0, lv] == pytest.approx(1.0) and dice[1, lv] == pytest.approx(2 * 4 / (4 + 8))
-    assert iou[1, lv] == pytest.approx(4 / 8)
-    assert torch.isnan(dice[:, module.class_ids.index(1)]).all()
-    assert accuracy.tolist() == pytest.approx([1.0, 12 / 16])
-
-
 class CountingAugment(nn.Module):
     def __init__(self) -> None:
         super().__init__()

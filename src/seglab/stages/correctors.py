@@ -136,6 +136,7 @@ def train_corrector(
         datasets={"acdcseg" if variant == "nvae" else "acdc3gram": Path(dataset)},
         params_file=params_file,
         tags={"variant": variant, "source": source, "role": "corrector"},
+        resume=work,
     ) as run:
         try:
             fitted = train_nvae_model(

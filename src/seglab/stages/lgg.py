@@ -249,6 +249,7 @@ def train_lgg(
         datasets={DATASET: Path(params.lgg.prepared)},
         params_file=params_file,
         tags={"arch": decoder, "encoder": encoder},
+        resume=work,
     ) as run:
         run_id = run.info.run_id
         train_count = len(tensors["train"][0])

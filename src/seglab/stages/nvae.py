@@ -338,6 +338,7 @@ def train_nvae(
         datasets={DATASET: Path(params.acdc.prepared)},
         params_file=params_file,
         tags={"source": "gt", "role": "reconstruction", **overlay_tags(overlays, root)},
+        resume=work,
     ) as run:
         run_id = run.info.run_id
         try:

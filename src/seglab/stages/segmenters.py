@@ -366,17 +366,18 @@ def train_segmenter(
         "params_file": params_file,
     }
     folds = params.acdcseg.folds
+    final = work("final")
     with tracked_run(
         params.tracking,
         EXPERIMENT,
         arch,
         params=_run_params(params, arch),
         tags={"arch": arch, "role": "final"},
+        resume=final,
         **run_args,
     ) as run:
         run_id = run.info.run_id
         crossfit = _crossfit(params, arch, splits, work, uri, run_args) if folds > 1 else None
-        final = work("final")
         trainer = seg.train_for(arch).trainer
         best, fitted = _train(new_module(arch, seg), splits, trainer, final, run_id, uri, seg)
         seconds, epochs = fitted.train_seconds, fitted.epochs
@@ -447,20 +448,22 @@ def _crossfit(
         params={**_run_params(params, arch), "folds": folds, "fold_seed": seed},
         tags={"arch": arch, "role": "crossfit"},
         nested=True,
+        resume=work(f"crossfit{folds}-seed{seed}"),
         **run_args,
     ):
         for k in range(folds):
             held = fold == k
             part = {"train": _subset(train, ~held), "val": splits["val"]}
+            directory = work(f"fold{k}of{folds}-seed{seed}")
             with tracked_run(
                 params.tracking,
                 EXPERIMENT,
                 f"{arch}-fold{k}",
                 tags={"arch": arch, "role": "crossfit-fold", "fold": str(k)},
                 nested=True,
+                resume=directory,
                 **run_args,
             ) as run:
-                directory = work(f"fold{k}of{folds}-seed{seed}")
                 best, fold_fit = _train(
                     new_module(arch, seg),
                     part,

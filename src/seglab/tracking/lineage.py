@@ -61,11 +61,49 @@ def git_commit(root: Path) -> str | None:
     return out.strip() if out else None
 
 
+def _dvc_outputs(root: Path) -> list[Path]:
+    """Every lockfile and every output it records: files a ``dvc repro`` rewrites as it goes."""
+    outs: list[Path] = []
+    for lockfile in _lockfiles(root):
+        outs.append(lockfile.resolve())
+        wdirs = _stage_wdirs(lockfile)
+        for name, stage in ((_load_yaml(lockfile) or {}).get("stages") or {}).items():
+            base = lockfile.parent / wdirs.get(name.split("@")[0], ".")
+            outs.extend(_resolve(e["path"], base) for e in stage.get("outs") or [] if "path" in e)
+    return outs
+
+
+def dirty_files(root: Path) -> list[str] | None:
+    """Tracked files that differ from HEAD, other than the DVC outputs (and dvc.lock) a pipeline
+    run rewrites: the source and params a result may not match its commit by. Untracked files
+    do not count, as in ``git describe --dirty``. None outside a git repository."""
+    out = _git(root, "status", "--porcelain", "--untracked-files=no", "-z")
+    top = _git(root, "rev-parse", "--show-toplevel")
+    if out is None or top is None:
+        return None
+    # -z: "XY path" entries; a rename adds its source as the next entry.
+    entries = out.split("\0")
+    changed: list[str] = []
+    skip = False
+    for entry in entries:
+        if skip or not entry:
+            skip = False
+            continue
+        changed.append(entry[3:])
+        skip = entry[0] in "RC"
+    outputs = _dvc_outputs(Path(root).resolve())
+    base = Path(top.strip())
+    return [
+        name
+        for name in changed
+        if not any((base / name).resolve().is_relative_to(o) for o in outputs)
+    ]
+
+
 def git_dirty(root: Path) -> bool | None:
-    """Whether tracked files differ from HEAD (untracked files do not count, as in
-    ``git describe --dirty``); None outside a git repository."""
-    out = _git(root, "status", "--porcelain", "--untracked-files=no")
-    return None if out is None else bool(out.strip())
+    """Whether source or params differ from HEAD (see :func:`dirty_files`); None outside git."""
+    files = dirty_files(root)
+    return None if files is None else bool(files)
 
 
 def params_hash(path: Path) -> str:
@@ -201,11 +239,14 @@ def lineage_tags(
     """The tags every run carries; a missing input dataset is an error, not an 'unknown' tag."""
     root = Path(root)
     commit = git_commit(root)
-    dirty = git_dirty(root)
+    dirty = dirty_files(root)
     tags = {
         "git.commit": commit or "unknown",
-        "git.dirty": "unknown" if dirty is None else str(dirty).lower(),
+        "git.dirty": "unknown" if dirty is None else str(bool(dirty)).lower(),
     }
+    if dirty:
+        listed = ", ".join(dirty)
+        tags["git.dirty_files"] = listed if len(listed) <= 480 else listed[:477] + "..."
     if commit:
         tags["mlflow.source.git.commit"] = commit
     for name, path in datasets.items():

@@ -2,8 +2,13 @@
 
 A stage opens its run with :func:`tracked_run` and logs through :func:`log_metrics`,
 :func:`log_figure`, :func:`log_artifact` and :func:`log_dict`. Each run is tagged with its lineage
-(:mod:`seglab.tracking.lineage`) and its flattened params, and ends FINISHED, FAILED (the block
-raised) or KILLED (Ctrl-C).
+(:mod:`seglab.tracking.lineage`) and its flattened params, lists its input datasets (the UI's
+Datasets column), and ends FINISHED, FAILED (the block raised) or KILLED (Ctrl-C).
+
+A stage killed outright (power cut, SIGKILL, a session limit) cannot end its run. Two rules keep
+the history whole: a training that resumes from its work folder continues the run whose id it
+kept there (one run, unbroken curves), and a run of the same name left RUNNING on this machine by
+a process that no longer exists is ended as KILLED when its stage next starts.
 
 Stores: the default ``sqlite:///mlflow.db`` resolves to a SQLite file in the project, and each
 experiment keeps its artifacts in ``TrackingParams.artifacts`` inside the project, so nothing needs
@@ -12,8 +17,10 @@ a server. With an ``http(s)://`` tracking server the server decides where artifa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,11 +30,11 @@ from urllib.parse import urlparse
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import LifecycleStage, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, LifecycleStage, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.git_context import GitRunContext
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 from pydantic import BaseModel
 
 from seglab.config import TrackingParams, flatten
@@ -46,6 +53,10 @@ PARAM_VALUE_LIMIT = 500
 SERVER_SCHEMES = frozenset({"http", "https", "databricks", "databricks-uc"})
 # Every run this module has logged into carries this tag; a launcher run that has it is taken.
 LINEAGE_MARK = "git.commit"
+# Where a run was started: a RUNNING run whose process is gone from this host is ended KILLED.
+HOST_TAG, PID_TAG = "seglab.host", "seglab.pid"
+# The file in a training's work folder that keeps the id of the run it logs into.
+RUN_ID_FILE = "mlflow-run-id"
 
 
 @dataclass(frozen=True)
@@ -191,6 +202,88 @@ def _end(run_id: str, status: RunStatus | int) -> None:
         mlflow.end_run(RunStatus.to_string(status))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def end_orphaned_runs(client: MlflowClient, experiment_id: str, run_name: str) -> list[str]:
+    """End as KILLED the runs named ``run_name`` left RUNNING by a process of this host that no
+    longer exists (a killed stage cannot end its own run). Returns their ids."""
+    host = socket.gethostname()
+    ended = []
+    for run in client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'",
+    ):
+        tags = run.data.tags
+        pid = tags.get(PID_TAG, "")
+        if tags.get(HOST_TAG) == host and pid.isdigit() and not _alive(int(pid)):
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            ended.append(run.info.run_id)
+    if ended:
+        logger.warning("ended %d orphaned '%s' run(s) as KILLED: %s", len(ended), run_name, ended)
+    return ended
+
+
+def _resumable(client: MlflowClient, folder: Path | None, experiment_id: str) -> str | None:
+    """The run id kept in a work folder, if that run exists in ``experiment_id``: the run a
+    resumed training goes on logging into. Its status does not matter: a stage removes its work
+    folders when it completes, so a folder that is still there belongs to an unfinished stage
+    (a fold whose run finished before the stage was killed is reopened, not logged twice)."""
+    path = folder / RUN_ID_FILE if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    run_id = path.read_text().strip()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    if run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
+        return None
+    return run_id
+
+
+def _keep_run_id(folder: Path, run_id: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{RUN_ID_FILE}.tmp"
+    tmp.write_text(run_id + "\n")
+    tmp.replace(folder / RUN_ID_FILE)
+
+
+def _dataset_inputs(datasets: Mapping[str, Path], tags: Mapping[str, str]) -> list[DatasetInput]:
+    """The DVC-versioned inputs as MLflow datasets: name, DVC md5 as digest, the folder as source
+    and, where the dataset records its splits (``meta.json``), their sizes as its profile."""
+    inputs = []
+    for name in datasets:
+        path = tags[f"data.{name}.path"]
+        profile: dict[str, int] = {}
+        meta = Path(path) / "meta.json"
+        if meta.is_file():
+            try:
+                splits = json.loads(meta.read_text()).get("splits", {})
+            except (OSError, ValueError):
+                splits = {}
+            if isinstance(splits, Mapping):
+                profile = {
+                    f"{k}_patients": len(v) for k, v in splits.items() if isinstance(v, list)
+                }
+        dataset = Dataset(
+            name=name,
+            digest=tags[f"data.{name}.dvc_md5"],
+            source_type="local",
+            source=json.dumps({"uri": path}),
+            profile=json.dumps(profile) if profile else None,
+        )
+        inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "training")]))
+    return inputs
+
+
 @contextmanager
 def tracked_run(
     tracking: TrackingParams,
@@ -204,6 +297,7 @@ def tracked_run(
     tags: Mapping[str, str] | None = None,
     nested: bool = False,
     parent_run_id: str | None = None,
+    resume: Path | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Open (or, under ``mlflow run``, adopt) the run a stage logs into; end it with its outcome.
 
@@ -211,6 +305,9 @@ def tracked_run(
     of that run even when it is not active here (an Optuna worker in another process). Under
     ``mlflow run`` the first top-level run adopts the launcher's run; later ones become its
     children, so the launcher's run never stays empty and none is logged twice.
+
+    ``resume``: the training's work folder. The run's id is kept there, so a stage killed and
+    started again continues that run instead of opening a second one.
     """
     root = Path(root)
     uri = configure(tracking, root)
@@ -250,9 +347,19 @@ def tracked_run(
                 )
     if run_id is None:
         experiment_id = ensure_experiment(tracking, experiment, root=root)
-        run_id = _create_run(client, experiment_id, run_name, parent_run_id)
+        end_orphaned_runs(client, experiment_id, run_name)
+        run_id = _resumable(client, resume, experiment_id)
+        if run_id is not None:
+            logger.info("resuming MLflow run %s (id kept in %s)", run_id, resume)
+        else:
+            run_id = _create_run(client, experiment_id, run_name, parent_run_id)
+            if resume is not None:
+                _keep_run_id(resume, run_id)
 
+    run_tags.update({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
     client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in run_tags.items()])
+    if datasets:
+        client.log_inputs(run_id, datasets=_dataset_inputs(datasets, run_tags))
     run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=active is not None)
     try:
         if params is not None:

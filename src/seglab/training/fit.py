@@ -17,9 +17,9 @@ into a Lightning ``Trainer``, keeps the best and last checkpoints, resumes, and 
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 

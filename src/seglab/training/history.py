@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 import pandas as pd
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Timer
 
 from seglab.io import atomic_file
 
@@ -73,8 +73,10 @@ class EpochHistory(Callback):
             }
         )
         if self.monitor is not None:
-            print(progress_line(self.rows, self.monitor, self.mode, trainer.max_epochs),
-                  file=sys.stderr, flush=True)  # fmt: skip
+            timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+            budget = timer.time_remaining() if timer is not None else None
+            line = progress_line(self.rows, self.monitor, self.mode, trainer.max_epochs, budget)
+            print(line, file=sys.stderr, flush=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
@@ -84,15 +86,22 @@ class EpochHistory(Callback):
 
 
 def progress_line(
-    rows: Sequence[Mapping[str, float]], monitor: str, mode: str, max_epochs: int | None
+    rows: Sequence[Mapping[str, float]],
+    monitor: str,
+    mode: str,
+    max_epochs: int | None,
+    budget_left: float | None = None,
 ) -> str:
     """The last row as one line: epoch k/N, losses, the monitored figure and its best so far,
-    seconds per epoch and the time left.
+    seconds per epoch and the time left (the epochs' or, when sooner, the time budget's, in
+    seconds ``budget_left``).
 
     >>> rows = [{"epoch": 0, "seconds": 30.0, "train_loss": 0.5, "val_dice": 0.7},
     ...         {"epoch": 1, "seconds": 60.0, "train_loss": 0.4, "val_dice": 0.6}]
     >>> progress_line(rows, "val_dice", "max", 4)
     'epoch 2/4  train_loss 0.4  val_dice 0.6 (best 0.7 @ 1)  30 s/epoch, 1.0 min left'
+    >>> progress_line(rows, "val_dice", "max", 100, budget_left=90.0)[-24:]
+    '30 s/epoch, 1.5 min left'
     """
     row = rows[-1]
     done = int(row["epoch"]) + 1
@@ -106,7 +115,10 @@ def progress_line(
     parts[-1] += f" (best {values[best]:.4g} @ {int(rows[best]['epoch']) + 1})"
     pace = (row["seconds"] - rows[0]["seconds"]) / (len(rows) - 1) if len(rows) > 1 else (
         row["seconds"] / done)  # fmt: skip
-    left = f", {pace * max(0, (max_epochs or done) - done) / 60:.1f} min left"
+    seconds_left = pace * max(0, (max_epochs or done) - done)
+    if budget_left is not None:
+        seconds_left = min(seconds_left, max(0.0, budget_left))
+    left = f", {seconds_left / 60:.1f} min left"
     return "  ".join(parts) + f"  {pace:.0f} s/epoch" + left
 
 

@@ -8,7 +8,9 @@ Logged per training step (``on_step``): ``train_loss``, ``train_recon``, ``train
 ``train_kl_scale_<i>`` (i = 0 finest), ``train_kl_weighted``, ``train_kl_coeff``,
 ``train_spectral``: the study diagnosed its KL blow-up from exactly these curves. Per
 validation epoch: ``val_loss`` (what checkpoints select on), ``val_recon``, ``val_kl_*`` and
-the Dice of the posterior-mean reconstruction, ``val_dice_lv``/``_myo``/``_rv``/``_mean``.
+the Dice of the posterior-mean reconstruction, ``val_dice_lv``/``_myo``/``_rv``/``_mean``, with
+the test's convention (:mod:`seglab.training.scores`): the figure a search prunes on is the one
+its objective reports.
 Which logger receives them (MLflow) is the caller's choice.
 """
 
@@ -22,14 +24,13 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from monai.metrics import compute_dice
 from torch import Tensor
-from torch.nn import functional as F
 
 from seglab.config import NvaeParams
 from seglab.data.acdc import LABELS
 from seglab.errors import ConfigError
 from seglab.models.nvae import Nvae, NvaeOutput, SpectralRegularizer, kl_coefficient, nvae_loss
+from seglab.training.scores import EpochOverlap
 
 MONITOR = "val_loss"
 
@@ -62,6 +63,7 @@ class NvaeModule(L.LightningModule):
         )
         self.model = Nvae(self.params, image_size)
         self.spectral = SpectralRegularizer(self.model) if self.params.spectral_lambda > 0 else None
+        self.overlap = EpochOverlap(range(1, self.params.num_classes), self.params.num_classes)
 
     @property
     def network(self) -> Nvae:
@@ -100,24 +102,21 @@ class NvaeModule(L.LightningModule):
             on_epoch=True,
             batch_size=n,
         )
-        self.log_dict(self._dice(out.logits, target), on_step=False, on_epoch=True, batch_size=n)
+        labels = target.argmax(dim=1) if target.dim() == out.logits.dim() else target
+        self.overlap.add(out.logits.argmax(dim=1), labels)
 
-    def _dice(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
-        """Mean Dice per foreground class of the argmax mask; empty vs empty counts as 1."""
-        classes = self.params.num_classes
-        if target.dim() == logits.dim() - 1:
-            target = F.one_hot(target.long(), classes).permute(0, 3, 1, 2)
-        dice = compute_dice(
-            self.model.to_one_hot(logits),
-            target.float(),
-            include_background=False,
-            ignore_empty=False,
-        ).mean(0)
-        scores = {
-            f"val_dice_{LABELS.get(c, f'class{c}').lower()}": dice[c - 1] for c in range(1, classes)
-        }
-        scores["val_dice_mean"] = dice.mean()
-        return scores
+    def on_validation_epoch_start(self) -> None:
+        self.overlap.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.overlap.sums:
+            return
+        reduce = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        dice = self.overlap.compute(reduce)["dice"]
+        classes = range(1, self.params.num_classes)
+        scores = {f"val_dice_{LABELS.get(c, f'class{c}').lower()}": dice[c - 1] for c in classes}
+        scores["val_dice_mean"] = dice.nanmean()
+        self.log_dict(scores)
 
     def configure_gradient_clipping(
         self,

@@ -26,12 +26,11 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from monai.losses import DiceCELoss
-from monai.metrics import compute_dice, compute_iou
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from seglab.config import AugmentParams
 from seglab.training.augment import BatchAugment
+from seglab.training.scores import EpochOverlap
 
 LossName = Literal["dice_ce", "dice", "ce"]
 OptimizerName = Literal["adam", "adamw"]
@@ -100,6 +99,7 @@ class SegmentationModule(L.LightningModule):
         names = dict(class_names or {})
         self.class_ids = foreground
         self.class_names = [str(names.get(i, i)) for i in foreground]
+        self.overlap = EpochOverlap(foreground, num_classes)
         self.monitor = monitor or ("val_iou" if num_classes == 1 else "val_dice_mean")
         augment_params = (
             AugmentParams.model_validate(augment) if isinstance(augment, Mapping) else augment
@@ -133,7 +133,6 @@ class SegmentationModule(L.LightningModule):
             lambda_ce=lambda_ce,
             batch=batch_dice,
         )
-        self._sums: dict[str, Tensor] = {}
 
     @property
     def network(self) -> nn.Module:
@@ -185,31 +184,21 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._sums = {}
+        self.overlap.reset()
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         image, label = batch
         logits = self(image).float()
         self.log("val_loss", self.loss(logits, self._target(label)), batch_size=len(image))
-        target = label[:, 0] if label.ndim == 4 else label
-        dice, iou, accuracy = self.scores(self.labels(logits), target)
-        for key, values in (("dice", dice), ("iou", iou)):
-            defined = ~values.isnan()
-            self._add(f"{key}_sum", torch.where(defined, values, 0.0).sum(dim=0))
-            self._add(f"{key}_count", defined.sum(dim=0).float())
-        self._add("accuracy_sum", accuracy.sum())
-        self._add("slices", torch.tensor(float(len(image)), device=self.device))
-
-    def _add(self, key: str, value: Tensor) -> None:
-        self._sums[key] = self._sums[key] + value if key in self._sums else value
+        self.overlap.add(self.labels(logits), label[:, 0] if label.ndim == 4 else label)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._sums:
+        if not self.overlap.sums:
             return
-        sums = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._sums.items()}
-        metrics: dict[str, Tensor] = {"val_accuracy": sums["accuracy_sum"] / sums["slices"]}
+        scores = self.overlap.compute(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
+        metrics: dict[str, Tensor] = {"val_accuracy": scores["accuracy"]}
         for key in ("dice", "iou"):
-            per_class = sums[f"{key}_sum"] / sums[f"{key}_count"]  # NaN: never present
+            per_class = scores[key]  # NaN: never present
             if self.num_classes == 1:
                 metrics[f"val_{key}"] = per_class[0]
                 continue
@@ -217,20 +206,6 @@ class SegmentationModule(L.LightningModule):
                 metrics[f"val_{key}_{name}"] = value
             metrics[f"val_{key}_mean"] = per_class.nanmean()
         self.log_dict(metrics)
-
-    def scores(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per slice: Dice and IoU ``[B, classes]`` (NaN where a class is absent from both) and
-        pixel accuracy ``[B]``, from label maps ``[B, H, W]``."""
-        pred, target = pred.long(), target.long()
-        accuracy = (pred == target).flatten(1).float().mean(dim=1)
-        count = max(2, self.num_classes)
-        pred_hot = F.one_hot(pred, count).permute(0, 3, 1, 2)[:, self.class_ids].float()
-        target_hot = F.one_hot(target, count).permute(0, 3, 1, 2)[:, self.class_ids].float()
-        absent = (pred_hot.flatten(2).amax(dim=2) == 0) & (target_hot.flatten(2).amax(dim=2) == 0)
-        dice = compute_dice(pred_hot, target_hot, include_background=True, ignore_empty=False)
-        iou = compute_iou(pred_hot, target_hot, include_background=True, ignore_empty=False)
-        nan = torch.tensor(float("nan"), device=pred.device)
-        return torch.where(absent, nan, dice), torch.where(absent, nan, iou), accuracy
 
     def predict_step(self, batch: Sequence[Tensor] | Tensor, batch_idx: int) -> Tensor:
         """Label maps ``[B, H, W]`` (uint8) of a batch of images (or ``(image, ...)`` tuples)."""
