@@ -41,13 +41,12 @@ import torch
 from torch import Tensor
 
 from seglab.config import AugmentParams, BrainParams, CardiacParams
-from seglab.data.acdcseg import onehot
+from seglab.data.acdcseg import nvae_tensors, onehot
 from seglab.data.splits import SPLITS
 from seglab.data.store import SliceSet, load_split
 from seglab.errors import DataError, SeglabError
 from seglab.stages import lgg as lgg_stage
 from seglab.stages import segmenters as seg_stage
-from seglab.stages.nvae import nvae_tensors
 from seglab.training.augment import BatchAugment
 from seglab.training.datamodule import TensorDataModule
 

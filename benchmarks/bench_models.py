@@ -25,7 +25,7 @@ the model was built (sampled every 20 ms). Figures are per process state, one mo
 other; a busy machine (see the load average printed above the table) lowers them.
 
 ``--time-to-dice D`` trains the NVAE on the prepared ground-truth masks of ``--data`` through
-the stage's own training function (``seglab.stages.nvae.train_nvae_model``: Lightning, the
+the stage's own training function (``seglab.training.nvae_fit.train_nvae_model``: Lightning, the
 module's Adamax + cosine schedule, best/last checkpoints) with whole epochs and
 ``--max-epochs``, stopping once the validation Dice reaches D or ``--time-limit`` passes; it
 prints every epoch's wall time and validation figures.
@@ -52,14 +52,14 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from seglab.config import BrainParams, CardiacParams, NvaeParams, TrainerParams
-from seglab.data.acdcseg import onehot
+from seglab.data.acdcseg import nvae_tensors, onehot
 from seglab.data.store import load_split
 from seglab.errors import SeglabError
 from seglab.models.segmenters import ARCHS, parameter_count, weights_mb
 from seglab.stages import lgg as lgg_stage
 from seglab.stages import segmenters as seg_stage
-from seglab.stages.nvae import nvae_tensors, train_nvae_model
 from seglab.training.fit import apply_speedups
+from seglab.training.nvae_fit import train_nvae_model
 from seglab.training.nvae_module import NvaeModule
 
 Family = Literal["segmenter", "nvae", "lgg"]

@@ -31,14 +31,13 @@ import yaml
 
 from seglab.config import CardiacParams, load_params
 from seglab.data.store import load_split
+from seglab.inference.segment import load_segmenter, predict_labels
 from seglab.io import write_json
 from seglab.metrics.overlap import STRUCTURES, Case, overlap
 from seglab.stages.segmenters import (
     checkpoint_path,
     choose_postprocess,
     evaluate,
-    load_segmenter,
-    predict_labels,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

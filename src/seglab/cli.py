@@ -148,6 +148,19 @@ def _registry_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_pipeline(args: argparse.Namespace) -> int:
+    from seglab.inference.served import register_pipeline
+
+    _, params = _cardiac(args)
+    corrector = None if args.no_corrector else args.corrector
+    print(
+        register_pipeline(
+            params, root=Path.cwd(), segmenter=args.model, corrector=corrector, gated=args.gated
+        )
+    )
+    return 0
+
+
 def _server(args: argparse.Namespace) -> int:
     from seglab.tracking.server import serve, with_overrides
 
@@ -213,11 +226,11 @@ def _evaluate_correction(args: argparse.Namespace) -> int:
 
 
 def _correct(args: argparse.Namespace) -> int:
+    from seglab.inference.correct import correct_volume, qc_path, render_summary
     from seglab.io import refuse_overwriting_inputs
-    from seglab.stages.correct import _qc_path, correct_volume, render_summary
 
     out = Path(args.out)
-    qc = args.qc or (_qc_path(out) if out.name.endswith((".nii", ".nii.gz")) else None)
+    qc = args.qc or (qc_path(out) if out.name.endswith((".nii", ".nii.gz")) else None)
     model = args.model if Path(args.model).exists() else None  # a checkpoint file
     refuse_overwriting_inputs(
         {"-o": out, "--qc": qc},
@@ -240,6 +253,29 @@ def _correct(args: argparse.Namespace) -> int:
         qc_out=Path(args.qc) if args.qc else None,
     )
     print(render_summary(summary))
+    return 0
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from seglab.inference.cardiac import Chain, default_outputs, patient_images, segment_images
+    from seglab.inference.correct import load_corrector
+    from seglab.inference.segment import open_segmenter
+
+    source = Path(args.image)
+    if source.is_dir():
+        if args.es:
+            raise SeglabError(f"--es: {source} is a patient folder, whose ES image is known")
+        images = patient_images(source)
+    else:
+        images = {"ED": source, "ES": Path(args.es)} if args.es else {"image": source}
+    outs = default_outputs(Path(args.out), tuple(images))
+    _, params = _cardiac(args)
+    root = Path.cwd()
+    segmenter = open_segmenter(args.model, params.tracking, root)
+    corrector = load_corrector(args.corrector, params, root) if args.correct or args.gated else None
+    chain = Chain.from_params(segmenter, params, root, corrector, args.gated)
+    report = segment_images(images, outs, chain, Path(args.report) if args.report else None)
+    print(report.render(outs))
     return 0
 
 
@@ -360,6 +396,32 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="machine-readable history")
     history.add_argument("--params", help=tracking_help)
     history.set_defaults(func=_registry_history)
+    pipeline = registry.add_parser(
+        "pipeline",
+        help="register the served chain (acdc-cardiac-pipeline, alias challenger) built from "
+        "the registry's champions: segmenter, corrector and NVAE of ground-truth masks",
+    )
+    pipeline.add_argument(
+        "--model",
+        default="best",
+        help="the segmenter: best (the champion with the best test Dice) or a registry URI",
+    )
+    pipeline.add_argument(
+        "--corrector",
+        default="models:/acdc-nvae-corrector@champion",
+        help="the corrector, when it has a champion (registry URI)",
+    )
+    pipeline.add_argument(
+        "--no-corrector", action="store_true", help="serve the segmentation uncorrected"
+    )
+    pipeline.add_argument(
+        "--gated",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="correct only where the corrector earns it",
+    )
+    pipeline.add_argument("--params", help="params file (default: params.yaml)")
+    pipeline.set_defaults(func=_registry_pipeline)
 
     server = sub.add_parser("server", help="MLflow tracking server + UI (tracking.server params)")
     server.add_argument("--host", help="interface to bind (default 127.0.0.1)")
@@ -464,6 +526,47 @@ def build_parser() -> argparse.ArgumentParser:
     correct.add_argument("--qc", help="per-slice QC scores as CSV (default: OUT with .qc.csv)")
     correct.add_argument("--params", help="params file (default: params.yaml)")
     correct.set_defaults(func=_correct)
+
+    segment = sub.add_parser(
+        "segment",
+        help="segment a new patient with the registry's segmenter (optionally correct): label "
+        "volumes in the input's geometry; with ED and ES, clinical indices and a QC report",
+    )
+    segment.add_argument(
+        "image",
+        help="the ED (or only) MR image (.nii/.nii.gz), or an ACDC patient folder (its ED and "
+        "ES images, frame numbers from Info.cfg; the ground truth is not read)",
+    )
+    segment.add_argument("--es", help="the same patient's ES image: clinical indices too")
+    segment.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="segmentation of the first frame (.nii/.nii.gz); the ES one goes beside it as "
+        "<stem>_es.nii.gz",
+    )
+    segment.add_argument(
+        "--model",
+        default="best",
+        help="best (the segmenter champion with the best test Dice), a registry URI "
+        "(models:/acdc-segmenter-attunet@champion) or a checkpoint (.ckpt)",
+    )
+    segment.add_argument(
+        "--correct", action="store_true", help="correct the segmentation with --corrector"
+    )
+    segment.add_argument(
+        "--gated",
+        action="store_true",
+        help="correct only the slices where the corrector earns it (implies --correct)",
+    )
+    segment.add_argument(
+        "--corrector",
+        default="models:/acdc-nvae-corrector@champion",
+        help="a registry URI or a corrector checkpoint (.ckpt)",
+    )
+    segment.add_argument("--report", help="write the report (JSON) here")
+    segment.add_argument("--params", help="params file (default: params.yaml)")
+    segment.set_defaults(func=_segment)
 
     acdcseg = sub.add_parser(
         "acdcseg", help="the segmenters' predicted masks as datasets (DVC stages)"

@@ -92,6 +92,17 @@ def test_empty_volume_is_cropped_at_the_image_centre() -> None:
     assert np.allclose(centre, ((shape[0] - 1) / 2, (shape[1] - 1) / 2), atol=1.0)
 
 
+def test_a_given_centre_places_the_crop_without_any_label() -> None:
+    shape = (200, 180, 3)
+    image = np.random.default_rng(2).random(shape).astype(np.float32)
+    params = AcdcPrepareParams(size=32, fov_mm=32.0)  # 1 mm pixels
+
+    _, geometry = to_slices(image, np.zeros(shape, np.uint8), (1.0, 1.0, 5.0), params, (40, 130))
+
+    centre = np.argwhere(geometry.inside[:, :, 0]).mean(axis=0)
+    assert np.allclose(centre, (40, 130), atol=1.5)
+
+
 def test_small_volume_is_padded_and_restores_exactly() -> None:
     shape = (20, 24, 2)  # 40 x 48 mm at 2 mm: smaller than the 64 mm crop
     label = heart(shape, (10, 12), 4)

@@ -18,8 +18,8 @@ from seglab.data.phantom.masks import heart_slices
 from seglab.data.store import SliceSet, save_split
 from seglab.models.nvae import KLDivergenceError
 from seglab.search.storage import open_storage
-from seglab.stages import nvae as nvae_stage
 from seglab.stages.search import make_plan
+from seglab.training import nvae_fit
 
 SIZE = 64
 
@@ -145,7 +145,7 @@ def test_diverging_trials_are_pruned_and_the_search_still_reports(
     def diverge(*args: object, **kwargs: object) -> None:
         raise KLDivergenceError(5, {"loss": float("nan"), "kl_scale_0": float("inf")})
 
-    monkeypatch.setattr(nvae_stage, "train_nvae_model", diverge)
+    monkeypatch.setattr(nvae_fit, "train_nvae_model", diverge)
     monkeypatch.chdir(project)
     argv = ["search", "nvae", "--params", "params.yaml", "--storage", "s.journal"]
     assert main([*argv, "--multi-objective", "--study-name", "blowup"]) == 0

@@ -26,7 +26,7 @@ from seglab.metrics.labels import LV, RV
 from seglab.stages import correctors
 from seglab.stages.correction_report import provenance
 from seglab.stages.correctors import load_predictions, train_corrector
-from seglab.stages.nvae import NvaeFit
+from seglab.training.nvae_fit import NvaeFit
 from seglab.training.nvae_module import NvaeModule
 
 SIZE = 32

@@ -16,21 +16,19 @@ from mlflow import MlflowClient
 
 from seglab.cli import main
 from seglab.config import CardiacParams, NvaeParams, TrainerParams, load_params
+from seglab.data.acdcseg import nvae_tensors
 from seglab.data.phantom.masks import heart_masks, heart_slices
-from seglab.data.store import SliceSet, save_split
+from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import ConfigError, SeglabError
+from seglab.inference.nvae import NvaeReconstructor, load_nvae
 from seglab.models.nvae import KLDivergenceError, kl_coefficient
 from seglab.stages import nvae as stage
-from seglab.stages.nvae import (
-    NvaeReconstructor,
-    load_nvae,
-    nvae_tensors,
-    train_nvae,
-    train_nvae_model,
-    work_dir,
-)
+from seglab.stages.common import nvae_work_dir
+from seglab.stages.nvae import train_nvae
 from seglab.tracking import dvc_hash
 from seglab.tracking.registry import load_model
+from seglab.training.nvae_fit import train_nvae_model
+from seglab.training.nvae_module import NvaeModule
 
 SIZE = 32
 
@@ -103,7 +101,7 @@ def test_nvae_tensors_refuses_a_missing_source() -> None:
 
 
 def test_reconstructor_returns_posterior_mean_logits() -> None:
-    module = stage.NvaeModule(tiny_params(), SIZE).eval()
+    module = NvaeModule(tiny_params(), SIZE).eval()
     x, _ = nvae_tensors(slice_set(3))
     logits = NvaeReconstructor(module.model)(x)
     assert logits.shape == (3, 4, SIZE, SIZE)
@@ -196,8 +194,8 @@ def test_stage_trains_resumes_evaluates_logs_and_registers(
     cfg = params.nvae
     # An interrupted earlier run of the same settings: the stage must continue it.
     md5 = str(dvc_hash(Path("prepared"), project))
-    splits = {s: stage.load_split(project / "prepared" / f"{s}.npz") for s in ("train", "val")}
-    work = work_dir(cfg, project, md5)
+    splits = {s: load_split(project / "prepared" / f"{s}.npz") for s in ("train", "val")}
+    work = nvae_work_dir(cfg, project, md5)
     train_nvae_model(
         cfg.model,
         cfg.trainer,
@@ -252,7 +250,7 @@ def test_stage_trains_resumes_evaluates_logs_and_registers(
     assert version.tags["stem_channels"] == "2" and version.tags["beta"] == "8,10,11"
     assert client.get_model_version_by_alias("acdc-nvae", "challenger").version == version.version
     model = load_model(f"models:/acdc-nvae/{version.version}", params.tracking, project)
-    x, _ = nvae_tensors(stage.load_split(project / "prepared" / "test.npz"))
+    x, _ = nvae_tensors(load_split(project / "prepared" / "test.npz"))
     best = load_nvae(project / cfg.models / "nvae.ckpt")
     expected = best(x[:3], sample=False).logits
     torch.testing.assert_close(model(x[:3]), expected, rtol=1e-4, atol=1e-4)

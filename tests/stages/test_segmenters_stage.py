@@ -37,17 +37,15 @@ from seglab.data.prepare_acdc import prepare_acdc
 from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.inference.postprocess import METHODS, MIN_PIXELS
+from seglab.inference.segment import context_of, load_segmenter, postprocess_of, predict_labels
 from seglab.metrics.anatomy import check_slices
 from seglab.stages.segmenters import (
     EXPERIMENT,
     TEST_KEYS,
-    context_of,
     evaluate,
     load_crossfit,
-    load_segmenter,
+    new_module,
     patient_folds,
-    postprocess_of,
-    predict_labels,
     registered_name,
     train_segmenter,
 )
@@ -125,17 +123,6 @@ def test_crossfit_file_must_match_the_prepared_train_split(tmp_path: Path) -> No
         load_crossfit(path, train)
 
 
-def test_bad_checkpoints_are_one_line_errors(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="x.ckpt: segmenter checkpoint not found"):
-        load_segmenter(tmp_path / "x.ckpt")
-    (tmp_path / "x.ckpt").write_bytes(b"\x00garbage")
-    with pytest.raises(DataError, match="x.ckpt: not a readable segmenter checkpoint"):
-        load_segmenter(tmp_path / "x.ckpt")
-    torch.save({"state_dict": {}}, tmp_path / "x.ckpt")
-    with pytest.raises(DataError, match="not a readable segmenter checkpoint"):
-        load_segmenter(tmp_path / "x.ckpt")
-
-
 TINY = SegmenterNetsParams(
     unet=UNetParams(channels=(4, 8, 16)),
     resunet=ResUNetParams(channels=(4, 8, 16)),
@@ -159,6 +146,18 @@ def _params(root: Path, prepared: Path, folds: int = 2) -> CardiacParams:
         ),
         acdcseg=AcdcSegParams(folds=folds),
     )
+
+
+def test_a_new_segmenter_starts_from_the_seeds_weights() -> None:
+    def weights(seed: int) -> list[torch.Tensor]:
+        train = SegmenterTrainParams(trainer=TrainerParams(seed=seed))
+        module = new_module("unet", SegmentersParams(train=train))
+        torch.rand(3)  # whatever ran before does not matter
+        return list(module.state_dict().values())
+
+    first, again, other = weights(0), weights(0), weights(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 def test_unknown_arch_and_empty_splits_are_refused(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ from torch.nn import functional as F
 
 from seglab.data.preprocess import NUM_CLASSES
 from seglab.data.store import SliceSet, load_split, neighbour_rows
-from seglab.errors import DataError
+from seglab.errors import ConfigError, DataError, SeglabError
 
 #: The rows of one volume: a 3-gram never crosses these.
 VOLUME_KEYS = ("segmenter", "patient", "frame")
@@ -118,3 +119,30 @@ def load_trigram(path: Path, as_onehot: bool = True) -> tuple[Tensor, Tensor, pd
     if as_onehot:
         return onehot(context), onehot(target), slices.meta
     return context, target, slices.meta
+
+
+Source = Literal["gt", "pred", "context"]
+#: Where each input source lives in a slice set (``gt`` is the label map itself).
+SOURCE_ARRAYS: dict[str, str] = {"pred": "pred", "context": "context"}
+
+
+def nvae_tensors(
+    slices: SliceSet, source: Source = "gt", dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """``(inputs, targets)`` one-hot: targets ``[N, 4, H, W]`` from the ground truth, inputs
+    from ``source``: ``gt`` (the same masks), ``pred`` (ACDCSeg's predicted masks, 4 channels) or
+    ``context`` (3-gram rows: previous, current, next prediction, 12 channels).
+
+    ``dtype=torch.uint8`` keeps 3-gram sets 4x smaller in memory; the model scales inputs to
+    ``2x - 1`` in floating point either way.
+    """
+    targets = onehot(slices.label, dtype)
+    if source == "gt":
+        return targets, targets
+    if source not in SOURCE_ARRAYS:
+        raise ConfigError(f"unknown NVAE input source '{source}' (gt, pred, context)")
+    key = SOURCE_ARRAYS[source]
+    if key not in slices.extra:
+        kind = "ACDCSeg" if key == "pred" else "3-gram"
+        raise SeglabError(f"NVAE input source '{source}' needs {kind} rows (no '{key}' array)")
+    return onehot(slices.extra[key], dtype), targets

@@ -43,12 +43,14 @@ def to_slices(
     label: np.ndarray,
     spacing: tuple[float, float, float],
     params: AcdcPrepareParams,
+    centre: tuple[float, float] | None = None,
 ) -> tuple[FrameSlices, SliceGeometry]:
     """Preprocess an ``(x, y, z)`` image and label map like the training data.
 
-    The crop is centred on the bounding box of the label map's foreground (the image centre
-    when it has none), whatever ``params.crop`` says: at inference the label map is the only
-    heart we know of.
+    The crop is centred on ``centre`` (x, y voxels: the heart found by
+    :func:`~seglab.data.preprocess.motion_centre` when a segmenter has the ED and ES images),
+    else on the bounding box of the label map's foreground, else on the image centre, whatever
+    ``params.crop`` says: at inference no ground truth is there to centre on.
     """
     frame = AcdcFrame(
         patient="",
@@ -59,9 +61,10 @@ def to_slices(
         spacing=spacing,
         affine=np.diag([*spacing, 1.0]),
     )
-    crop = params.model_copy(update={"crop": "gt" if frame.label.any() else "center"})
-    slices = frame_to_slices(frame, crop)
-    _, cropped = resample_and_crop(frame, crop)
+    mode = "motion" if centre is not None else "gt" if frame.label.any() else "center"
+    crop = params.model_copy(update={"crop": mode})
+    slices = frame_to_slices(frame, crop, centre)
+    _, cropped = resample_and_crop(frame, crop, centre)
     grid_affine = voxel_affine(frame)
     slice_affine = np.asarray(cropped["label"].affine, dtype=np.float64)
     shape = (int(label.shape[0]), int(label.shape[1]), int(label.shape[2]))

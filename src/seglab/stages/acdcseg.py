@@ -29,14 +29,13 @@ def build_acdcseg(params: CardiacParams, *, root: Path = Path(".")) -> str:
     """Predict every prepared slice with every segmenter; returns a one-line summary."""
     # Imported here: networks, Lightning and MLflow cost tens of seconds of imports on a small
     # CPU, and the 3-gram stage (the other function here) needs none of them.
+    from seglab.inference.segment import load_segmenter, predict_labels
     from seglab.stages.segmenters import (
         INSAMPLE,
         checkpoint_path,
         crossfit_path,
         load_crossfit,
         load_prepared,
-        load_segmenter,
-        predict_labels,
     )
 
     root = Path(root)

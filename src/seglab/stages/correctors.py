@@ -34,30 +34,25 @@ import numpy as np
 import torch
 
 from seglab.config import CardiacParams, CorrectorVariant, NvaeStageParams
+from seglab.data.acdcseg import nvae_tensors
 from seglab.data.splits import SPLITS
 from seglab.data.store import SliceSet, load_split
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.evaluation.correction import correct, gate, mask_agreement, plausibility
 from seglab.evaluation.nvae_report import reconstruction_figure
+from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor, load_nvae
 from seglab.io import atomic_file, write_json
 from seglab.metrics.anatomy import check_slices
 from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.nvae import KLDivergenceError
 from seglab.models.segmenters import parameter_count, weights_mb
-from seglab.stages.nvae import (
-    CHECKPOINT,
-    NvaeReconstructor,
-    load_nvae,
-    nvae_tensors,
-    run_name,
-    train_nvae_model,
-    work_dir,
-)
+from seglab.stages.common import nvae_work_dir, run_name
 from seglab.tracking import configure, dvc_hash, log_dict, log_figure, log_metrics, tracked_run
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
 from seglab.training.fit import apply_speedups, eval_device, export_checkpoint
+from seglab.training.nvae_fit import train_nvae_model
 
 EXPERIMENT = "acdc-correctors"
 REGISTERED: dict[str, str] = {"nvae": "acdc-nvae-corrector", "context": "acdc-nvae-context"}
@@ -125,7 +120,7 @@ def train_corrector(
     uri = configure(params.tracking, root)
     data_md5 = str(dvc_hash(Path(dataset), root))
     stage = NvaeStageParams(model=variant_cfg.model, trainer=variant_cfg.trainer, work=cfg.work)
-    work = work_dir(stage, root, data_md5, source)
+    work = nvae_work_dir(stage, root, data_md5, source)
     model = variant_cfg.model
     with tracked_run(
         params.tracking,

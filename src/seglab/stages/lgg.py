@@ -51,6 +51,7 @@ from seglab.evaluation.lgg_report import (
 from seglab.io import atomic_dir, write_json
 from seglab.models.lgg import build_lgg_net
 from seglab.models.segmenters import parameter_count, weights_mb
+from seglab.stages.common import work_folder
 from seglab.tracking import configure, dvc_hash, log_artifact, log_figure, log_metrics, tracked_run
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import evaluation_tags
@@ -61,6 +62,7 @@ from seglab.training.fit import (
     fit,
     inference_batch,
     resolve_precision,
+    seed,
 )
 from seglab.training.segmentation_module import SegmentationModule
 
@@ -147,8 +149,10 @@ def image_tensor(slices: SliceSet) -> torch.Tensor:
 
 
 def new_module(name: str, params: LggArchsParams, weights: Path | None) -> SegmentationModule:
-    """An untrained ``name`` network in the shared module, binary (sigmoid) mode."""
+    """An untrained ``name`` network in the shared module, binary (sigmoid) mode, initialised
+    from the training's seed."""
     decoder, encoder = split_arch_name(name)
+    seed(params.train.trainer)
     return SegmentationModule(
         build_lgg_net(name, weights_file=weights),
         1,
@@ -178,17 +182,6 @@ def load_lgg_model(path: Path) -> SegmentationModule:
         )
     except (OSError, RuntimeError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError(path, f"not a readable LGG model checkpoint ({exc})") from exc
-
-
-def _fingerprint(params: LggArchsParams, name: str, data_md5: str, weights_sha: str) -> str:
-    """What a resumable training depends on: resuming with anything else would mix runs."""
-    payload = {
-        "name": name,
-        "train": params.train.model_dump(mode="json"),
-        "data": data_md5,
-        "weights": weights_sha,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _device_name(device: torch.device) -> str:
@@ -228,7 +221,13 @@ def train_lgg(
     trainer = archs.train.trainer
     decoder, encoder = split_arch_name(name)
     tensors = {s: (image_tensor(splits[s]), torch.from_numpy(splits[s].label)) for s in SPLITS}
-    work = root / archs.work / f"{name}-{_fingerprint(archs, name, data_md5, weights_sha)}"
+    settings = {
+        "name": name,
+        "train": archs.train.model_dump(mode="json"),
+        "data": data_md5,
+        "weights": weights_sha,
+    }
+    work = work_folder(root, archs.work, name, settings)
     settings = {
         "encoder_weights": archs.train.encoder_weights or "random",
         "image_size": int(splits["test"].image.shape[-1]),

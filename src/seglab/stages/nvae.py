@@ -29,26 +29,18 @@ source and dataset hash, so other settings never resume from it. The folder is r
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
-import time
-import zipfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import lightning as L
 import numpy as np
-import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping
-from torch import Tensor, nn
 
-from seglab.config import CardiacParams, NvaeParams, NvaeStageParams, TrainerParams
-from seglab.data.acdcseg import onehot
+from seglab.config import CardiacParams
+from seglab.data.acdcseg import nvae_tensors
 from seglab.data.splits import SPLITS
 from seglab.data.store import SliceSet, load_split
-from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.errors import SeglabError
 from seglab.evaluation.nvae_report import (
     KEYS,
     evaluate_nvae,
@@ -58,9 +50,11 @@ from seglab.evaluation.nvae_report import (
     reconstruction_figure,
     samples_figure,
 )
+from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor
 from seglab.io import write_json
-from seglab.models.nvae import KLDivergenceError, Nvae
+from seglab.models.nvae import KLDivergenceError
 from seglab.models.segmenters import parameter_count, weights_mb
+from seglab.stages.common import nvae_work_dir, run_name
 from seglab.tracking import (
     configure,
     dvc_hash,
@@ -72,211 +66,18 @@ from seglab.tracking import (
 )
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
-from seglab.training.datamodule import TensorDataModule
 from seglab.training.fit import (
-    RunLogger,
-    apply_speedups,
     eval_device,
     export_checkpoint,
-    make_trainer,
 )
-from seglab.training.history import EpochHistory, write_curves
-from seglab.training.nvae_module import MONITOR, NvaeModule, val_loss_checkpoint
+from seglab.training.history import write_curves
+from seglab.training.nvae_fit import train_nvae_model
 
 EXPERIMENT = "acdc-nvae"
 REGISTERED_NAME = "acdc-nvae"
 DATASET = "acdc_prepared"
-CHECKPOINT = "nvae.ckpt"
 METRICS = "nvae.json"
 CURVES = "curves.csv"
-
-Source = Literal["gt", "pred", "context"]
-#: Where each input source lives in a slice set (``gt`` is the label map itself).
-SOURCE_ARRAYS: dict[str, str] = {"pred": "pred", "context": "context"}
-
-
-def nvae_tensors(
-    slices: SliceSet, source: Source = "gt", dtype: torch.dtype = torch.float32
-) -> tuple[Tensor, Tensor]:
-    """``(inputs, targets)`` one-hot: targets ``[N, 4, H, W]`` from the ground truth, inputs
-    from ``source``: ``gt`` (the same masks), ``pred`` (ACDCSeg's predicted masks, 4 channels) or
-    ``context`` (3-gram rows: previous, current, next prediction, 12 channels).
-
-    ``dtype=torch.uint8`` keeps 3-gram sets 4x smaller in memory; the model scales inputs to
-    ``2x - 1`` in floating point either way.
-    """
-    targets = onehot(slices.label, dtype)
-    if source == "gt":
-        return targets, targets
-    if source not in SOURCE_ARRAYS:
-        raise ConfigError(f"unknown NVAE input source '{source}' (gt, pred, context)")
-    key = SOURCE_ARRAYS[source]
-    if key not in slices.extra:
-        kind = "ACDCSeg" if key == "pred" else "3-gram"
-        raise SeglabError(f"NVAE input source '{source}' needs {kind} rows (no '{key}' array)")
-    return onehot(slices.extra[key], dtype), targets
-
-
-class NvaeReconstructor(nn.Module):
-    """What the registry serves: one-hot masks ``[B, in, H, W]`` in, the logits ``[B, 4, H, W]``
-    of the posterior-mean reconstruction out (argmax: the reconstructed or corrected mask)."""
-
-    def __init__(self, nvae: Nvae) -> None:
-        super().__init__()
-        self.nvae = nvae
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.nvae(x, sample=False).logits
-
-
-@dataclass(frozen=True)
-class NvaeFit:
-    """What :func:`train_nvae_model` left behind."""
-
-    module: NvaeModule  # the lowest-val_loss epoch, on the CPU, in eval mode
-    best_path: Path
-    last_path: Path
-    best_val_loss: float | None
-    epochs: int  # epochs completed, counting those before a resume
-    history: tuple[dict[str, float], ...]  # EpochHistory rows
-    fit_seconds: float  # wall time of this call's fit (not of earlier, resumed calls)
-    resumed_from: Path | None
-
-    def timings(self) -> dict[str, float]:
-        """``train_seconds`` (wall time of all epochs, across resumes), ``seconds_per_epoch``,
-        ``epochs_to_best`` (1-based epoch of the lowest val_loss) and ``seconds_to_best``."""
-        if not self.history:
-            return {"train_seconds": self.fit_seconds}
-        best = min(range(len(self.history)), key=lambda i: self.history[i]["val_loss"])
-        total = self.history[-1]["seconds"]
-        return {
-            "train_seconds": total,
-            "seconds_per_epoch": total / len(self.history),
-            "epochs_to_best": best + 1,
-            "seconds_to_best": self.history[best]["seconds"],
-        }
-
-
-def train_nvae_model(
-    nvae: NvaeParams,
-    trainer: TrainerParams,
-    data: Mapping[str, tuple[Tensor, Tensor]],
-    checkpoint_dir: Path,
-    *,
-    run_id: str | None = None,
-    tracking_uri: str | None = None,
-    callbacks: Sequence[Callback] = (),
-    image_size: int | None = None,
-    log_every_n_steps: int = 10,
-    progress_bar: bool = False,
-    init_state: Mapping[str, Tensor] | None = None,
-) -> NvaeFit:
-    """Fit an NVAE on ``data["train"]``, validating on ``data["val"]`` (``(inputs, targets)``,
-    e.g. from :func:`nvae_tensors`); keep ``best.ckpt`` (lowest ``val_loss``) and ``last.ckpt``
-    in ``checkpoint_dir``, resuming from ``last.ckpt`` when it is there.
-
-    With ``run_id`` (and its store's ``tracking_uri``) Lightning logs into that MLflow run: the
-    per-step training terms every ``log_every_n_steps`` steps, the validation figures per epoch.
-    Early stopping on ``val_loss`` with ``trainer.early_stopping_patience``. Resume only an
-    interrupted call with the same params: the cosine schedule's length is restored with it.
-    ``init_state`` (an NVAE ``state_dict``) starts a fresh training from those weights where
-    names and shapes match (a corrector from the NVAE of ground-truth masks); a resumed training
-    ignores it. Raises :class:`~seglab.models.nvae.KLDivergenceError` when the loss stops being
-    finite.
-    """
-    inputs = data["train"][0]
-    if inputs.ndim != 4 or inputs.shape[1] != nvae.in_channels:
-        raise ConfigError(
-            f"nvae.in_channels is {nvae.in_channels} but the inputs are {list(inputs.shape)} "
-            "(4 channels for a mask, 12 for a 3-gram)"
-        )
-    if run_id is not None and tracking_uri is None:
-        raise ValueError("run_id needs the tracking_uri of the store that holds the run")
-    checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(trainer.seed, workers=True, verbose=False)
-    module = NvaeModule(nvae, image_size or int(inputs.shape[-1]))
-    datamodule = TensorDataModule(
-        {split: data[split] for split in ("train", "val")},
-        batch_size=trainer.batch_size,
-        seed=trainer.seed,
-    )
-    checkpoint, history = val_loss_checkpoint(checkpoint_dir), EpochHistory(MONITOR, "min")
-    all_callbacks: list[Callback] = [checkpoint, history, *callbacks]
-    if trainer.early_stopping_patience is not None:
-        all_callbacks.append(
-            EarlyStopping(monitor=MONITOR, mode="min", patience=trainer.early_stopping_patience)
-        )
-    logger = False
-    if run_id is not None:
-        logger = RunLogger(run_id=run_id, tracking_uri=tracking_uri, log_model=False)
-    pl_trainer = make_trainer(
-        trainer,
-        callbacks=all_callbacks,
-        logger=logger,
-        root_dir=checkpoint_dir,
-        log_every_n_steps=log_every_n_steps,
-        progress_bar=progress_bar,
-    )
-    last = checkpoint_dir / "last.ckpt"
-    resumed_from = last if last.is_file() else None
-    if init_state is not None and resumed_from is None:
-        load_matching(module.model, init_state)
-    start = time.perf_counter()
-    pl_trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from)
-    seconds = time.perf_counter() - start
-    best_path = Path(checkpoint.best_model_path)
-    best = NvaeModule.load_from_checkpoint(best_path, map_location="cpu").eval()
-    apply_speedups(best, trainer.channels_last, compile=False)  # evaluation runs in its format
-    score = checkpoint.best_model_score
-    return NvaeFit(
-        module=best,
-        best_path=best_path,
-        best_val_loss=float(score) if score is not None else None,
-        last_path=last,
-        epochs=pl_trainer.current_epoch,
-        history=tuple(history.rows),
-        fit_seconds=seconds,
-        resumed_from=resumed_from,
-    )
-
-
-def load_matching(net: nn.Module, state: Mapping[str, Tensor]) -> tuple[int, int]:
-    """Copy the tensors of ``state`` whose name and shape match ``net``'s; returns how many
-    were copied and how many of ``net``'s tensors kept their own values."""
-    own = net.state_dict()
-    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    net.load_state_dict(matching, strict=False)
-    return len(matching), len(own) - len(matching)
-
-
-def load_nvae(path: Path) -> NvaeModule:
-    """A trained NVAE from a checkpoint of this stage (or of :func:`train_nvae_model`), in eval
-    mode on the CPU; its size and params come from the checkpoint, not the current params."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "NVAE checkpoint not found (run `dvc repro` to train it)")
-    try:
-        return NvaeModule.load_from_checkpoint(path, map_location="cpu").eval()
-    except (OSError, RuntimeError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(path, f"not a readable NVAE checkpoint ({exc})") from exc
-
-
-def work_dir(params: NvaeStageParams, root: Path, data_md5: str, source: Source = "gt") -> Path:
-    """The resumable checkpoint folder of a training with exactly these settings."""
-    payload = {
-        "model": params.model.model_dump(mode="json"),
-        "trainer": params.trainer.model_dump(mode="json"),
-        "source": source,
-        "data": data_md5,
-    }
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(root) / params.work / f"{source}-{digest}"
-
-
-def run_name(model: NvaeParams) -> str:
-    """``nvae-stem4-beta8-10-11``: the two settings the study compared runs by."""
-    return f"nvae-stem{model.stem_channels}-beta{'-'.join(f'{b:g}' for b in model.beta)}"
 
 
 def _captions(slices: SliceSet) -> list[str]:
@@ -327,7 +128,7 @@ def train_nvae(
     uri = configure(params.tracking, root)
     data_md5 = str(dvc_hash(Path(params.acdc.prepared), root))
     tensors = {split: nvae_tensors(slices, "gt") for split, slices in splits.items()}
-    work = work_dir(cfg, root, data_md5)
+    work = nvae_work_dir(cfg, root, data_md5)
     run_params = {"profile": params.profile, "nvae": cfg, "prepare": params.acdc.prepare}
     with tracked_run(
         params.tracking,

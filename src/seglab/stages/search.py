@@ -1,8 +1,8 @@
 """The NVAE search stage: an Optuna study over per-scale beta and stem width
 (DVC ``search_nvae``, ``seglab search nvae``).
 
-Each trial trains an NVAE with :func:`seglab.stages.nvae.train_nvae_model` on the target's train
-split and scores the lowest-validation-loss epoch on the val split
+Each trial trains an NVAE with :func:`seglab.training.nvae_fit.train_nvae_model` on the target's
+train split and scores the lowest-validation-loss epoch on the val split
 (:func:`seglab.evaluation.nvae_report.evaluate_nvae`): validation Dice, and anatomical validity
 as a second objective with ``multi_objective``. Targets: ``gt`` (ground-truth masks in and out,
 registered as ``acdc-nvae``), ``corrector`` (ACDCSeg predictions in, ``acdc-nvae-corrector``) and
@@ -26,8 +26,6 @@ while the study runs; the best trial's folder is kept, the others are removed at
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -67,6 +65,7 @@ from seglab.search.study import (
     state_counts,
     study_figures,
 )
+from seglab.stages.common import fingerprint
 from seglab.tracking import (
     configure,
     dvc_hash,
@@ -166,8 +165,7 @@ def _fingerprint(search: SearchParams, base: NvaeParams, trainer: TrainerParams,
         "trainer": trainer.model_dump(mode="json", exclude=SPEED_ONLY),
         "data": md5,
     }
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    return fingerprint(payload, length=8)
 
 
 def make_plan(
@@ -241,11 +239,12 @@ def work(plan: Plan, worker: int = 0) -> int:
     """One worker: run trials of the study until its budget is finished; trials run by it."""
     import torch
 
+    from seglab.data.acdcseg import nvae_tensors
     from seglab.evaluation.nvae_report import KEYS, evaluate_nvae
     from seglab.models.nvae import KLDivergenceError
-    from seglab.stages.nvae import nvae_tensors, train_nvae_model
     from seglab.tracking.registry import evaluation_tags
     from seglab.training.fit import eval_device
+    from seglab.training.nvae_fit import train_nvae_model
 
     if plan.threads is not None:
         torch.set_num_threads(plan.threads)
@@ -511,9 +510,10 @@ def _register_best(
             "skipped": f"its checkpoint ({checkpoint}) is not on this machine: the machine that "
             "trained it registers it when its worker finishes",
         }
+    from seglab.data.acdcseg import nvae_tensors
     from seglab.evaluation.nvae_report import KEYS, evaluate_nvae
+    from seglab.inference.nvae import NvaeReconstructor, load_nvae
     from seglab.models.segmenters import parameter_count, weights_mb
-    from seglab.stages.nvae import NvaeReconstructor, load_nvae, nvae_tensors
     from seglab.tracking.models import log_and_register
     from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
     from seglab.training.fit import apply_speedups, eval_device

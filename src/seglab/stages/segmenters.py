@@ -28,9 +28,6 @@ with other settings never resumes from it; the folders are removed when the stag
 
 from __future__ import annotations
 
-import hashlib
-import json
-import pickle
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -43,21 +40,28 @@ import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from seglab.config import CardiacParams, SegmenterNetsParams, SegmentersParams, TrainerParams
+from seglab.config import CardiacParams, SegmentersParams, TrainerParams
 from seglab.data.splits import SPLITS
-from seglab.data.store import SliceSet, image_context, load_split
+from seglab.data.store import SliceSet, load_split
 from seglab.errors import ConfigError, DataError, SeglabError
-from seglab.inference.postprocess import Method, choose, postprocess
+from seglab.inference.postprocess import Method, choose
+from seglab.inference.segment import context_of, image_tensor, load_segmenter, predict_labels
 from seglab.io import atomic_file, write_json
 from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap, volume_dice
 from seglab.models.segmenters import ARCHS, build_segmenter, parameter_count, weights_mb
+from seglab.stages.common import work_folder
 from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, set_tags, tracked_run
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import evaluation_tags
 from seglab.training.datamodule import TensorDataModule
-from seglab.training.fit import FitResult, export_checkpoint, fit, inference_batch, predict
+from seglab.training.fit import (
+    FitResult,
+    export_checkpoint,
+    fit,
+    seed,
+)
 from seglab.training.history import write_curves
 from seglab.training.segmentation_module import SegmentationModule
 
@@ -110,35 +114,16 @@ def _require(splits: dict[str, SliceSet], names: tuple[str, ...], folder: str) -
             )
 
 
-def image_tensor(slices: SliceSet, context: int = 0) -> torch.Tensor:
-    """``[N, 1 + 2 * context, H, W]`` float32: the networks' input, each slice between its
-    ``context`` neighbours on either side (:func:`~seglab.data.store.image_context`)."""
-    return torch.from_numpy(image_context(slices, context))
-
-
 def _tensors(slices: SliceSet, context: int) -> tuple[torch.Tensor, torch.Tensor]:
     return image_tensor(slices, context), torch.from_numpy(slices.label)
 
 
-#: Hyper-parameters the stage keeps in a segmenter's checkpoint beside the module's own.
-_STAGE_HPARAMS = ("arch", "net_params", "context_slices", "postprocess", "min_pixels")
-
-
-def context_of(module: SegmentationModule) -> int:
-    """The neighbouring slices on either side that ``module`` takes as input (0 before 2.5D)."""
-    return int(module.hparams.get("context_slices", 0))
-
-
-def postprocess_of(module: SegmentationModule) -> tuple[Method, int]:
-    """The clean-up chosen for ``module``'s predictions after its training: the method and the
-    smallest region kept (none, 0 before)."""
-    return module.hparams.get("postprocess", "none"), int(module.hparams.get("min_pixels", 0))
-
-
 def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
-    """An untrained segmenter of ``arch`` in the shared training module."""
+    """An untrained segmenter of ``arch`` in the shared training module, initialised from the
+    training's seed."""
     net_params = getattr(params.nets, arch)
     train = params.train_for(arch)
+    seed(train.trainer)
     return SegmentationModule(
         build_segmenter(arch, params.nets, in_channels=1 + 2 * train.context_slices),
         NUM_LABELS,
@@ -158,44 +143,6 @@ def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
             "context_slices": train.context_slices,
         },
     )
-
-
-def load_segmenter(path: Path) -> SegmentationModule:
-    """A trained segmenter from a checkpoint written by :func:`train_segmenter`.
-
-    The architecture and its sizes are read from the checkpoint, not from the current params.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "segmenter checkpoint not found (run `dvc repro` to train it)")
-    try:
-        hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
-        arch = hparams["arch"]
-        nets = SegmenterNetsParams.model_validate({arch: hparams["net_params"]})
-        context = int(hparams.get("context_slices", 0))
-        return SegmentationModule.load_from_checkpoint(
-            path,
-            net=build_segmenter(arch, nets, in_channels=1 + 2 * context),
-            map_location="cpu",
-            # What the stage stored beside the module's own settings; older checkpoints lack
-            # the later keys, and context_of / postprocess_of supply their defaults.
-            hparams={key: hparams[key] for key in _STAGE_HPARAMS if key in hparams},
-        )
-    except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise DataError(path, f"not a readable segmenter checkpoint ({exc})") from exc
-
-
-def predict_labels(
-    module: SegmentationModule, slices: SliceSet, trainer: TrainerParams, *, raw: bool = False
-) -> np.ndarray:
-    """uint8 [N, H, W] predicted label maps of every slice: the argmax of the logits, cleaned
-    up as chosen after training (:func:`postprocess_of`) unless ``raw``."""
-    if len(slices) == 0:
-        return np.zeros(slices.label.shape, dtype=np.uint8)
-    batch = inference_batch(trainer)
-    images = image_tensor(slices, context_of(module))
-    pred = predict(module, images, trainer, batch).numpy().astype(np.uint8)
-    return pred if raw else postprocess(pred, *postprocess_of(module))
 
 
 def choose_postprocess(
@@ -255,18 +202,6 @@ def patient_folds(meta: pd.DataFrame, folds: int, seed: int) -> dict[str, int]:
         for pid in ids:
             out[pid] = len(out) % folds
     return out
-
-
-def _fingerprint(params: SegmentersParams, arch: str, data_md5: str, role: str) -> str:
-    """What a resumable training depends on: resuming with anything else would mix runs."""
-    payload = {
-        "arch": arch,
-        "net": getattr(params.nets, arch).model_dump(mode="json"),
-        "train": params.train_for(arch).model_dump(mode="json"),
-        "data": data_md5,
-        "role": role,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _run_params(params: CardiacParams, arch: str) -> dict[str, Any]:
@@ -356,7 +291,14 @@ def train_segmenter(
     work_dirs: list[Path] = []
 
     def work(role: str) -> Path:
-        path = root / seg.work / f"{arch}-{role}-{_fingerprint(seg, arch, data_md5, role)}"
+        settings = {
+            "arch": arch,
+            "net": getattr(seg.nets, arch).model_dump(mode="json"),
+            "train": seg.train_for(arch).model_dump(mode="json"),
+            "data": data_md5,
+            "role": role,
+        }
+        path = work_folder(root, seg.work, f"{arch}-{role}", settings)
         work_dirs.append(path)
         return path
 

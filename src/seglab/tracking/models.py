@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from seglab.errors import SeglabError
 from seglab.tracking.runs import _active_run_id
 
 LINEAGE_PREFIXES = ("git.", "data.", "params.sha256")
@@ -69,3 +71,15 @@ def log_and_register(
     for key, value in {"run_id": run_id, **lineage, **dict(tags or {})}.items():
         client.set_model_version_tag(name, version, key, str(value))
     return client.get_model_version(name, version)
+
+
+def input_shape(uri: str) -> tuple[int, int]:
+    """``(in_channels, image_size)`` from a logged model's signature ``[-1, C, S, S]``."""
+    try:
+        signature = mlflow.models.get_model_info(uri).signature
+        shape = signature.inputs.to_dict()[0]["tensor-spec"]["shape"]
+    except (MlflowException, OSError, AttributeError, KeyError, IndexError) as exc:
+        raise SeglabError(f"{uri}: no tensor input signature to read its input shape") from exc
+    if len(shape) != 4 or shape[2] != shape[3] or min(shape[1:]) < 1:
+        raise SeglabError(f"{uri}: input signature {shape} is not [batch, channels, S, S]")
+    return int(shape[1]), int(shape[2])

@@ -875,6 +875,32 @@ def resolve_version(uri: str, tracking: TrackingParams, root: Path) -> ModelVers
     return _version(client, name, aliases[alias])
 
 
+def version_run_tags(version: ModelVersion, tracking: TrackingParams, root: Path) -> dict[str, str]:
+    """The tags of the run that logged ``version`` (choices made in training, e.g. a
+    segmenter's clean-up); empty when the run is gone."""
+    client, _ = _client(tracking, root)
+    try:
+        return dict(client.get_run(version.run_id).data.tags) if version.run_id else {}
+    except MlflowException:
+        return {}
+
+
+def best_champion(prefix: str, tracking: TrackingParams, root: Path) -> str:
+    """``models:/NAME@champion`` of the model named ``PREFIX*`` whose champion scores best on
+    its registry metric (:func:`default_metric`), e.g. the best of the four segmenters."""
+    client, uri = _client(tracking, root)
+    scored: list[tuple[float, str]] = []
+    for model in sorted(m.name for m in client.search_registered_models()):
+        if not model.startswith(prefix) or CHAMPION not in _aliases(client, model):
+            continue
+        metric = default_metric(model)
+        value = _evaluated(client, model, _aliases(client, model)[CHAMPION], metric).value
+        scored.append((value if metric_goal(metric) == "max" else -value, model))
+    if not scored:
+        raise SeglabError(f"no registered model named {prefix}* has a champion in {uri}")
+    return f"models:/{max(scored)[1]}@{CHAMPION}"
+
+
 def load_model(
     uri: str,
     tracking: TrackingParams,

@@ -145,6 +145,12 @@ def make_trainer(
     )
 
 
+def seed(params: TrainerParams) -> None:
+    """Seed Python, NumPy and torch (and loader workers) with the run's seed. Called before a
+    model is built as well as before it trains: its initial weights are part of the run."""
+    L.seed_everything(params.seed, workers=True, verbose=False)
+
+
 def fit(
     module: L.LightningModule,
     datamodule: L.LightningDataModule,
@@ -164,7 +170,7 @@ def fit(
     """
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(params.seed, workers=True, verbose=False)
+    seed(params)
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best",

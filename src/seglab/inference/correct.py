@@ -1,4 +1,4 @@
-"""``seglab correct``: correct a user's label volume with a trained NVAE corrector.
+"""Correct a user's label volume with a trained NVAE corrector (``seglab correct``).
 
 The volume (ACDC labels: 0 background, 1 RV, 2 MYO, 3 LV) and its MR image are preprocessed
 like the training data, cropped around the volume's own heart (:mod:`seglab.data.geometry`);
@@ -21,50 +21,33 @@ named in the summary), and whether the correction was taken.
 
 from __future__ import annotations
 
-import gzip
 import math
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow.models
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.exceptions import MlflowException
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
-from nibabel.wrapstruct import WrapStructError
 
-from seglab.config import CardiacParams
-from seglab.data.acdc import LABELS
+from seglab.config import CardiacParams, GateParams
 from seglab.data.acdcseg import onehot, trigram_context
 from seglab.data.geometry import merge, to_slices
 from seglab.data.store import SliceSet
-from seglab.errors import DataError, SeglabError
-from seglab.evaluation.correction import correct, gate, mask_agreement, plausibility
+from seglab.errors import SeglabError
+from seglab.evaluation.correction import correct, gate, mask_agreement
+from seglab.inference.nvae import CHECKPOINT, load_nvae
+from seglab.inference.volume import NIFTI_SUFFIXES, read_image, read_labels, spacing_of, write_like
 from seglab.io import atomic_file
 from seglab.metrics.anatomy import check_slices
 from seglab.metrics.emptied import check_against
 from seglab.models.nvae import Nvae
-from seglab.stages.nvae import CHECKPOINT, load_nvae
+from seglab.tracking.models import input_shape
 from seglab.tracking.registry import load_model, resolve_version
 from seglab.tracking.runs import resolve_uri
 from seglab.training.fit import default_eval_batch
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_READ_ERRORS = (
-    OSError,  # includes gzip.BadGzipFile and truncated data
-    EOFError,
-    zlib.error,
-    ValueError,
-    WrapStructError,
-    HeaderDataError,
-    ImageFileError,
-)
 QC_COLUMNS = (
     "slice",
     "agreement",
@@ -139,19 +122,7 @@ def load_corrector(model: str, params: CardiacParams, root: Path) -> Corrector:
     except SeglabError as exc:
         text = str(exc) if str(exc).startswith(model) else f"{model}: {exc}"
         raise SeglabError(f"{text} (registry: {store})") from exc
-    return Corrector(net, *_input_shape(model), name=name)  # exported: eval() is refused
-
-
-def _input_shape(uri: str) -> tuple[int, int]:
-    """``(in_channels, image_size)`` from a logged model's signature ``[-1, C, S, S]``."""
-    try:
-        signature = mlflow.models.get_model_info(uri).signature
-        shape = signature.inputs.to_dict()[0]["tensor-spec"]["shape"]
-    except (MlflowException, OSError, AttributeError, KeyError, IndexError) as exc:
-        raise SeglabError(f"{uri}: no tensor input signature to read its input shape") from exc
-    if len(shape) != 4 or shape[2] != shape[3] or min(shape[1:]) < 1:
-        raise SeglabError(f"{uri}: input signature {shape} is not [batch, channels, S, S]")
-    return int(shape[1]), int(shape[2])
+    return Corrector(net, *input_shape(model), name=name)  # exported: eval() is refused
 
 
 def correct_volume(
@@ -169,12 +140,12 @@ def correct_volume(
     input's geometry, with per-slice QC scores in ``qc_out`` (default: ``OUT`` with
     ``.qc.csv``). Bad input raises :class:`DataError` naming the file; nothing is written."""
     seg, image, out, root = Path(seg), Path(image), Path(out), Path(root)
-    if not out.name.endswith(_NIFTI_SUFFIXES):
+    if not out.name.endswith(NIFTI_SUFFIXES):
         raise SeglabError(f"{out}: the corrected volume must be a .nii or .nii.gz file")
-    qc_out = Path(qc_out) if qc_out is not None else _qc_path(out)
-    seg_nii, labels = _read_labels(seg)
-    volume = _read_image(image, seg, labels.shape)
-    spacing = _spacing(seg_nii, seg)
+    qc_out = Path(qc_out) if qc_out is not None else qc_path(out)
+    seg_nii, labels = read_labels(seg)
+    _, volume = read_image(image, (seg, labels.shape))
+    spacing = spacing_of(seg_nii, seg)
 
     corrector = load_corrector(model, params, root)
     prepare = params.acdc.prepare
@@ -183,40 +154,21 @@ def correct_volume(
             f"{corrector.name}: the corrector takes {corrector.image_size}x"
             f"{corrector.image_size} slices but acdc.prepare.size is {prepare.size}"
         )
-    gt_nvae = _plausibility_nvae(params, root, required=gated)
+    gt_nvae = plausibility_nvae(params, root, required=gated)
 
     slices, geometry = to_slices(volume, labels, spacing, prepare)
     before = slices.label
-    after = corrector(_inputs(before, corrector.in_channels, corrector.name))
-    agreement = mask_agreement(before, after)
-    valid_before = check_slices(before, slices.spacing).valid
-    checked = check_against(after, before, slices.spacing)  # an erased heart is never valid
-    valid_corrected, emptied = checked.valid, checked.emptied
-    plaus = plausibility(gt_nvae, before) if gt_nvae is not None else None
-    taken = np.ones(len(before), bool)
-    if gated:
-        score = plaus if plaus is not None else np.ones(len(before))
-        decision = gate(before, after, valid_before, valid_corrected, score, params.correctors.gate)
-        after, taken = decision.labels, decision.taken
-    valid_after = np.where(taken, valid_corrected, valid_before)
-
+    after, qc = correct_slices(
+        before, slices.spacing, corrector, gt_nvae, params.correctors.gate if gated else None
+    )
     corrected = merge(labels, before, after, geometry)
     changed_voxels = (corrected != labels).sum(axis=(0, 1))
-    qc = pd.DataFrame(
-        {
-            "slice": np.arange(len(before)),
-            "agreement": agreement,
-            "plausibility": plaus if plaus is not None else np.full(len(before), np.nan),
-            "valid_before": valid_before,
-            "valid_corrected": valid_corrected,
-            "emptied": emptied,
-            "valid_after": valid_after,
-            "taken": taken,
-            "changed_voxels": changed_voxels,
-        },
-        columns=list(QC_COLUMNS),
-    )
-    _write_volume(out, seg_nii, corrected)
+    qc["changed_voxels"] = changed_voxels
+    plaus = qc["plausibility"].to_numpy() if gt_nvae is not None else None
+    taken, emptied = qc["taken"].to_numpy(), qc["emptied"].to_numpy()
+    valid_before, valid_after = qc["valid_before"].to_numpy(), qc["valid_after"].to_numpy()
+    agreement = qc["agreement"].to_numpy()
+    write_like(out, seg_nii, corrected)
     with atomic_file(qc_out) as tmp:
         qc.to_csv(tmp, index=False, float_format="%.6g")
     return CorrectSummary(
@@ -237,6 +189,40 @@ def correct_volume(
         emptied=tuple(int(z) for z in np.flatnonzero(emptied)),
         emptied_written=bool((emptied & taken).any()),
     )
+
+
+def correct_slices(
+    before: np.ndarray,
+    spacing: tuple[float, float],
+    corrector: Corrector,
+    gt_nvae: Corrector | None,
+    gate_params: GateParams | None,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Correct ``[z, S, S]`` slices of one volume; with ``gate_params``, keep each input slice
+    unless the corrector earns the change. Returns the slices and their per-slice QC
+    (:data:`QC_COLUMNS` but ``changed_voxels``, which only the written volume knows)."""
+    after = corrector(_inputs(before, corrector.in_channels, corrector.name))
+    valid_before = check_slices(before, spacing).valid
+    checked = check_against(after, before, spacing)  # an erased heart is never valid
+    plaus = plausibility_of(gt_nvae, before) if gt_nvae is not None else None
+    taken = np.ones(len(before), bool)
+    qc = pd.DataFrame(
+        {
+            "slice": np.arange(len(before)),
+            "agreement": mask_agreement(before, after),
+            "plausibility": plaus if plaus is not None else np.full(len(before), np.nan),
+            "valid_before": valid_before,
+            "valid_corrected": checked.valid,
+            "emptied": checked.emptied,
+        }
+    )
+    if gate_params is not None:
+        score = plaus if plaus is not None else np.ones(len(before))
+        decision = gate(before, after, valid_before, checked.valid, score, gate_params)
+        after, taken = decision.labels, decision.taken
+    qc["valid_after"] = np.where(taken, checked.valid, valid_before)
+    qc["taken"] = taken
+    return after, qc
 
 
 def render_summary(summary: CorrectSummary) -> str:
@@ -268,7 +254,8 @@ def render_summary(summary: CorrectSummary) -> str:
     return "\n".join(lines)
 
 
-def _qc_path(out: Path) -> Path:
+def qc_path(out: Path) -> Path:
+    """Where the per-slice QC of ``out`` goes by default: ``<stem>.qc.csv`` beside it."""
     stem = next(out.name[: -len(x)] for x in (".nii.gz", ".nii") if out.name.endswith(x))
     return out.with_name(f"{stem}.qc.csv")
 
@@ -293,9 +280,16 @@ def _inputs(labels: np.ndarray, in_channels: int, name: str) -> np.ndarray:
     raise SeglabError(f"{name}: {in_channels} input channels (a corrector takes 4 or 12)")
 
 
-def _plausibility_nvae(params: CardiacParams, root: Path, *, required: bool) -> Nvae | None:
-    """The NVAE of ground-truth masks when its checkpoint is there; gating by plausibility
-    needs it."""
+def plausibility_of(gt_nvae: Corrector, labels: np.ndarray) -> np.ndarray:
+    """Per slice in [0, 1]: agreement of each map with its reconstruction by the NVAE of
+    ground-truth masks (low: it has not seen a heart like it)."""
+    return mask_agreement(labels, gt_nvae(labels))
+
+
+def plausibility_nvae(params: CardiacParams, root: Path, *, required: bool) -> Corrector | None:
+    """The NVAE of ground-truth masks when its checkpoint is there (as a 4-channel
+    :class:`Corrector`: its reconstruction is what plausibility compares with); gating by
+    plausibility needs it."""
     path = root / params.nvae.models / CHECKPOINT
     needed = required and params.correctors.gate.plausibility_below is not None
     if not path.is_file():
@@ -312,62 +306,4 @@ def _plausibility_nvae(params: CardiacParams, root: Path, *, required: bool) -> 
             f"{path}: the NVAE takes [{net.in_channels}, {net.image_size}, {net.image_size}] "
             f"inputs, not one-hot masks of {params.acdc.prepare.size}x{params.acdc.prepare.size}"
         )
-    return net
-
-
-def _read(path: Path, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """A NIfTI volume as ``(image, voxels)``; 4D with one time point counts as 3D."""
-    if not path.is_file():
-        raise DataError(path, f"{what} not found")
-    try:
-        nii = nib.load(path)
-        data = np.asanyarray(nii.dataobj)  # reading the voxels detects truncation
-    except _READ_ERRORS as exc:
-        reason = " ".join(str(exc).split())
-        raise DataError(path, f"not a readable NIfTI {what} ({reason})") from None
-    if not isinstance(nii, nib.Nifti1Image | nib.Nifti2Image):
-        raise DataError(path, f"not a NIfTI {what} ({type(nii).__name__})")
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(path, f"expected a 3D {what} (x, y, z), got shape {data.shape}")
-    return nii, data
-
-
-def _read_labels(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
-    nii, data = _read(path, "label volume")
-    values = np.unique(data).tolist()
-    whole = [v for v in values if math.isfinite(v) and float(v).is_integer()]
-    bad = [v for v in values if v not in whole] + [v for v in whole if int(v) not in LABELS]
-    if bad:
-        shown = ", ".join(f"{v:g}" for v in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        raise DataError(path, f"label values must be 0..3 (background, RV, MYO, LV), found {shown}")
-    return nii, data.astype(np.uint8)
-
-
-def _read_image(path: Path, seg: Path, shape: tuple[int, ...]) -> np.ndarray:
-    _, data = _read(path, "image")
-    if data.shape != shape:
-        raise DataError(
-            path, f"image shape {data.shape} differs from the label volume's {shape} ({seg})"
-        )
-    volume = data.astype(np.float32)
-    if not np.isfinite(volume).all():
-        raise DataError(path, "image contains NaN or infinite values")
-    return volume
-
-
-def _spacing(nii: nib.Nifti1Image, path: Path) -> tuple[float, float, float]:
-    zooms = tuple(float(z) for z in nii.header.get_zooms()[:3])
-    if len(zooms) != 3 or not all(math.isfinite(z) and z > 0 for z in zooms):
-        raise DataError(path, f"invalid voxel spacing {zooms} in the header")
-    return zooms[0], zooms[1], zooms[2]
-
-
-def _write_volume(out: Path, like: nib.Nifti1Image, labels: np.ndarray) -> None:
-    """``labels`` in ``like``'s shape, dtype, affine and header, written atomically."""
-    data = labels.reshape(like.shape).astype(like.get_data_dtype())
-    result = type(like)(data, like.affine, like.header)
-    payload = result.to_bytes()
-    with atomic_file(out) as tmp:
-        tmp.write_bytes(gzip.compress(payload, 6) if out.name.endswith(".gz") else payload)
+    return Corrector(net, 4, net.image_size, str(path))

@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 from seglab.cli import main
 from seglab.config import CardiacParams, NvaeParams, TrackingParams
 from seglab.errors import DataError, SeglabError
-from seglab.stages.correct import QC_COLUMNS, correct_volume, render_summary
-from seglab.stages.nvae import NvaeReconstructor
+from seglab.inference.correct import QC_COLUMNS, correct_volume, render_summary
+from seglab.inference.nvae import NvaeReconstructor
 from seglab.tracking import runs, tracked_run
 from seglab.tracking.models import log_and_register
 from seglab.training.nvae_module import NvaeModule

@@ -1,0 +1,144 @@
+"""Segment prepared slices with a trained segmenter: load its checkpoint, build its input (the
+slice, or the slice between its neighbours for a 2.5D model) and predict label maps, cleaned up
+as chosen after its training (:mod:`seglab.inference.postprocess`).
+
+What a checkpoint needs at inference lives in its hyper-parameters (architecture and sizes,
+``context_slices``, ``postprocess`` and ``min_pixels``), so predicting never reads params.yaml.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seglab.config import SegmenterNetsParams, TrackingParams, TrainerParams
+from seglab.data.store import SliceSet, image_context
+from seglab.errors import DataError
+from seglab.inference.postprocess import Method, postprocess
+from seglab.models.segmenters import build_segmenter
+from seglab.tracking.models import input_shape
+from seglab.tracking.registry import best_champion, load_model, resolve_version, version_run_tags
+from seglab.training.fit import inference_batch, predict
+from seglab.training.segmentation_module import SegmentationModule
+
+
+def image_tensor(slices: SliceSet, context: int = 0) -> torch.Tensor:
+    """``[N, 1 + 2 * context, H, W]`` float32: the networks' input, each slice between its
+    ``context`` neighbours on either side (:func:`~seglab.data.store.image_context`)."""
+    return torch.from_numpy(image_context(slices, context))
+
+
+#: Hyper-parameters the training stage keeps in a segmenter's checkpoint beside the module's own.
+STAGE_HPARAMS = ("arch", "net_params", "context_slices", "postprocess", "min_pixels")
+
+
+def context_of(module: SegmentationModule) -> int:
+    """The neighbouring slices on either side that ``module`` takes as input (0 before 2.5D)."""
+    return int(module.hparams.get("context_slices", 0))
+
+
+def postprocess_of(module: SegmentationModule) -> tuple[Method, int]:
+    """The clean-up chosen for ``module``'s predictions after its training: the method and the
+    smallest region kept (none, 0 before)."""
+    return module.hparams.get("postprocess", "none"), int(module.hparams.get("min_pixels", 0))
+
+
+def load_segmenter(path: Path) -> SegmentationModule:
+    """A trained segmenter from a checkpoint written by the training stage
+    (:func:`seglab.stages.segmenters.train_segmenter`).
+
+    The architecture and its sizes are read from the checkpoint, not from the current params.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "segmenter checkpoint not found (run `dvc repro` to train it)")
+    try:
+        hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+        arch = hparams["arch"]
+        nets = SegmenterNetsParams.model_validate({arch: hparams["net_params"]})
+        context = int(hparams.get("context_slices", 0))
+        return SegmentationModule.load_from_checkpoint(
+            path,
+            net=build_segmenter(arch, nets, in_channels=1 + 2 * context),
+            map_location="cpu",
+            # What the stage stored beside the module's own settings; older checkpoints lack
+            # the later keys, and context_of / postprocess_of supply their defaults.
+            hparams={key: hparams[key] for key in STAGE_HPARAMS if key in hparams},
+        )
+    except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise DataError(path, f"not a readable segmenter checkpoint ({exc})") from exc
+
+
+def predict_labels(
+    module: SegmentationModule, slices: SliceSet, trainer: TrainerParams, *, raw: bool = False
+) -> np.ndarray:
+    """uint8 [N, H, W] predicted label maps of every slice: the argmax of the logits, cleaned
+    up as chosen after training (:func:`postprocess_of`) unless ``raw``."""
+    if len(slices) == 0:
+        return np.zeros(slices.label.shape, dtype=np.uint8)
+    batch = inference_batch(trainer)
+    images = image_tensor(slices, context_of(module))
+    pred = predict(module, images, trainer, batch).numpy().astype(np.uint8)
+    return pred if raw else postprocess(pred, *postprocess_of(module))
+
+
+#: Registered segmenters are named ``<SEGMENTER_PREFIX><arch>``.
+SEGMENTER_PREFIX = "acdc-segmenter-"
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+
+
+@dataclass(frozen=True)
+class Segmenter:
+    """A trained segmenter however it was stored (a checkpoint, or a registered network loaded
+    from MLflow), with what predicting needs: its input context and its clean-up.
+
+    ``name`` says what was loaded; ``version`` and ``run_id`` trace a registered one."""
+
+    net: torch.nn.Module  # [B, 1 + 2 * context, S, S] images -> [B, 4, S, S] logits
+    context: int
+    postprocess: Method
+    min_pixels: int
+    name: str
+    version: str | None = None
+    run_id: str | None = None
+
+    def __call__(self, slices: SliceSet, batch_size: int = 8) -> np.ndarray:
+        """uint8 ``[N, S, S]`` label maps of ``slices`` (on the CPU), cleaned up."""
+        images = image_tensor(slices, self.context)
+        with torch.no_grad():
+            parts = [
+                self.net(images[i : i + batch_size]).argmax(1).to(torch.uint8)
+                for i in range(0, len(images), batch_size)
+            ]
+        pred = torch.cat(parts).numpy() if parts else np.zeros(slices.label.shape, np.uint8)
+        return postprocess(pred, self.postprocess, self.min_pixels)
+
+
+def open_segmenter(ref: str, tracking: TrackingParams, root: Path) -> Segmenter:
+    """The segmenter behind ``ref``: a checkpoint path (``models/segmenters/attunet.ckpt``), a
+    registry URI (``models:/acdc-segmenter-attunet@champion``), or ``best``: the champion of the
+    four with the best test Dice in the registry."""
+    if ref == "best":
+        ref = best_champion(SEGMENTER_PREFIX, tracking, root)
+    if not _URI.match(ref):
+        module = load_segmenter(Path(ref)).eval()
+        return Segmenter(module.net, context_of(module), *postprocess_of(module), name=ref)
+    net = load_model(ref, tracking, root, map_location="cpu")
+    version = resolve_version(ref, tracking, root) if ref.startswith("models:/") else None
+    run_id = version.run_id if version is not None else None
+    tags = version_run_tags(version, tracking, root) if version is not None else {}
+    channels, _ = input_shape(ref)
+    return Segmenter(
+        net,
+        context=(channels - 1) // 2,
+        postprocess=tags.get("postprocess", "none"),  # type: ignore[arg-type]
+        min_pixels=int(tags.get("postprocess_min_pixels", 0)),
+        name=f"{ref} (version {version.version})" if version is not None else ref,
+        version=str(version.version) if version is not None else None,
+        run_id=run_id,
+    )

@@ -1,0 +1,43 @@
+"""A segmenter checkpoint at inference: what it needs is in the file; errors are one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seglab.config import SegmentersParams, SegmenterTrainParams, TrainerParams
+from seglab.errors import DataError
+from seglab.inference.segment import context_of, load_segmenter, postprocess_of
+from seglab.stages.segmenters import new_module
+
+
+def test_bad_checkpoints_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="x.ckpt: segmenter checkpoint not found"):
+        load_segmenter(tmp_path / "x.ckpt")
+    (tmp_path / "x.ckpt").write_bytes(b"\x00garbage")
+    with pytest.raises(DataError, match="x.ckpt: not a readable segmenter checkpoint"):
+        load_segmenter(tmp_path / "x.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "x.ckpt")
+    with pytest.raises(DataError, match="not a readable segmenter checkpoint"):
+        load_segmenter(tmp_path / "x.ckpt")
+
+
+def test_a_checkpoint_carries_its_input_and_clean_up(tmp_path: Path) -> None:
+    train = SegmenterTrainParams(context_slices=1, trainer=TrainerParams(accelerator="cpu"))
+    module = new_module("unet", SegmentersParams(train=train))
+    module.hparams.update({"postprocess": "heart", "min_pixels": 10})
+    path = tmp_path / "unet.ckpt"
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": "2.6.6",
+        },
+        path,
+    )
+    loaded = load_segmenter(path)
+    assert context_of(loaded) == 1 and postprocess_of(loaded) == ("heart", 10)
+    image = torch.rand(2, 3, 32, 32)
+    assert torch.equal(loaded.eval()(image), module.eval()(image))
