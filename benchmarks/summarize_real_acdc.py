@@ -34,11 +34,8 @@ from seglab.data.store import load_split
 from seglab.inference.segment import load_segmenter, predict_labels
 from seglab.io import write_json
 from seglab.metrics.overlap import STRUCTURES, Case, overlap
-from seglab.stages.segmenters import (
-    checkpoint_path,
-    choose_postprocess,
-    evaluate,
-)
+from seglab.stages.artifacts import checkpoint_path
+from seglab.stages.segmenters import choose_postprocess, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 

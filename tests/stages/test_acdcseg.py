@@ -37,11 +37,8 @@ from seglab.data.store import META_DTYPES, SliceSet, load_split, save_split
 from seglab.errors import DataError
 from seglab.inference.segment import image_tensor, load_segmenter
 from seglab.stages.acdcseg import build_acdcseg, build_trigram
-from seglab.stages.segmenters import (
-    _save_crossfit,
-    checkpoint_path,
-    new_module,
-)
+from seglab.stages.artifacts import checkpoint_path
+from seglab.stages.segmenters import _save_crossfit, new_module
 from seglab.training.datamodule import TensorDataModule
 
 SIZE = 16

@@ -24,8 +24,9 @@ from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import DataError
 from seglab.metrics.labels import LV, RV
 from seglab.stages import correctors
+from seglab.stages.artifacts import load_predictions
 from seglab.stages.correction_report import provenance
-from seglab.stages.correctors import load_predictions, train_corrector
+from seglab.stages.correctors import train_corrector
 from seglab.training.nvae_fit import NvaeFit
 from seglab.training.nvae_module import NvaeModule
 

@@ -39,11 +39,11 @@ from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.inference.postprocess import METHODS, MIN_PIXELS
 from seglab.inference.segment import context_of, load_segmenter, postprocess_of, predict_labels
 from seglab.metrics.anatomy import check_slices
+from seglab.stages.artifacts import load_crossfit
 from seglab.stages.segmenters import (
     EXPERIMENT,
     TEST_KEYS,
     evaluate,
-    load_crossfit,
     new_module,
     patient_folds,
     registered_name,

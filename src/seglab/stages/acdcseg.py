@@ -30,7 +30,7 @@ def build_acdcseg(params: CardiacParams, *, root: Path = Path(".")) -> str:
     # Imported here: networks, Lightning and MLflow cost tens of seconds of imports on a small
     # CPU, and the 3-gram stage (the other function here) needs none of them.
     from seglab.inference.segment import load_segmenter, predict_labels
-    from seglab.stages.segmenters import (
+    from seglab.stages.artifacts import (
         INSAMPLE,
         checkpoint_path,
         crossfit_path,

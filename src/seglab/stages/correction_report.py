@@ -24,7 +24,8 @@ from seglab.config import AcdcDataParams, CardiacParams
 from seglab.data.store import load_split
 from seglab.evaluation.correction_report import correction_report
 from seglab.io import write_json
-from seglab.stages.correctors import EXPERIMENT, load_predictions
+from seglab.stages.artifacts import CORRECTORS_EXPERIMENT as EXPERIMENT
+from seglab.stages.artifacts import load_predictions
 from seglab.tracking import log_artifact, log_metrics, tracked_run
 
 RUN_NAME = "correction-report"

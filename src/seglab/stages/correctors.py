@@ -37,7 +37,7 @@ from seglab.config import CardiacParams, CorrectorVariant, NvaeStageParams
 from seglab.data.acdcseg import nvae_tensors
 from seglab.data.splits import SPLITS
 from seglab.data.store import SliceSet, load_split
-from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.errors import ConfigError, SeglabError
 from seglab.evaluation.correction import correct, gate, mask_agreement, plausibility
 from seglab.evaluation.nvae_report import reconstruction_figure
 from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor, load_nvae
@@ -47,6 +47,8 @@ from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.nvae import KLDivergenceError
 from seglab.models.segmenters import parameter_count, weights_mb
+from seglab.stages.artifacts import CORRECTORS_EXPERIMENT as EXPERIMENT
+from seglab.stages.artifacts import ROW_KEYS
 from seglab.stages.common import nvae_work_dir, run_name
 from seglab.tracking import configure, dvc_hash, log_dict, log_figure, log_metrics, tracked_run
 from seglab.tracking.models import log_and_register
@@ -54,11 +56,9 @@ from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
 from seglab.training.fit import apply_speedups, eval_device, export_checkpoint
 from seglab.training.nvae_fit import train_nvae_model
 
-EXPERIMENT = "acdc-correctors"
 REGISTERED: dict[str, str] = {"nvae": "acdc-nvae-corrector", "context": "acdc-nvae-context"}
 #: Each variant's input source (``nvae_tensors``) and the stored array it reads.
 SOURCES: dict[str, tuple[str, str]] = {"nvae": ("pred", "pred"), "context": ("context", "context")}
-ROW_KEYS = ("patient", "phase", "slice_index", "segmenter")
 
 
 def _dataset(params: CardiacParams, variant: str) -> str:
@@ -231,22 +231,3 @@ def train_corrector(
         write_json(root / cfg.metrics / f"{variant}.json", result)
     shutil.rmtree(work, ignore_errors=True)
     return result
-
-
-def load_predictions(path: Path, test: SliceSet) -> dict[str, np.ndarray]:
-    """A variant's ``.npz`` of corrected test rows, checked to line up with ACDCSeg's test rows
-    (the report would otherwise compare masks of different slices)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "corrections not found (run `dvc repro train_corrector`)")
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    for key in ROW_KEYS:
-        stored = arrays.pop(f"row.{key}", None)
-        if (
-            stored is None
-            or len(stored) != len(test)
-            or not np.array_equal(stored.astype(str), test.meta[key].to_numpy().astype(str))
-        ):
-            raise DataError(path, f"rows do not match ACDCSeg's test split ({key} differs)")
-    return arrays

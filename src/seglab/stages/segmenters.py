@@ -29,7 +29,6 @@ with other settings never resumes from it; the folders are removed when the stag
 from __future__ import annotations
 
 import shutil
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,8 @@ from matplotlib.figure import Figure
 
 from seglab.config import CardiacParams, SegmentersParams, TrainerParams
 from seglab.data.splits import SPLITS
-from seglab.data.store import SliceSet, load_split
-from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.data.store import SliceSet
+from seglab.errors import ConfigError, SeglabError
 from seglab.inference.postprocess import Method, choose
 from seglab.inference.segment import context_of, image_tensor, load_segmenter, predict_labels
 from seglab.io import atomic_file, write_json
@@ -51,6 +50,7 @@ from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap, volume_dice
 from seglab.models.segmenters import ARCHS, build_segmenter, parameter_count, weights_mb
+from seglab.stages.artifacts import INSAMPLE, checkpoint_path, crossfit_path, load_prepared
 from seglab.stages.common import work_folder
 from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, set_tags, tracked_run
 from seglab.tracking.models import log_and_register
@@ -73,19 +73,10 @@ MONITOR = "val_dice_mean"
 TEST_KEYS = (*OVERLAP_KEYS, "anatomical_validity", *EMPTIED_KEYS)
 #: The same Dice pooled per 3D volume (the ACDC challenge's measure), beside the per-slice one.
 VOLUME_KEYS = ("dice3d_mean", "dice3d_lv", "dice3d_myo", "dice3d_rv")
-INSAMPLE = "insample"
 
 
 def registered_name(arch: str) -> str:
     return f"acdc-segmenter-{arch}"
-
-
-def checkpoint_path(params: SegmentersParams, arch: str, root: Path) -> Path:
-    return Path(root) / params.models / f"{arch}.ckpt"
-
-
-def crossfit_path(params: SegmentersParams, arch: str, root: Path) -> Path:
-    return Path(root) / params.models / f"{arch}.crossfit.npz"
 
 
 def curves_path(params: SegmentersParams, arch: str, root: Path) -> Path:
@@ -97,12 +88,6 @@ def _check_arch(params: SegmentersParams, arch: str) -> None:
         raise ConfigError(f"unknown segmenter architecture '{arch}' (known: {', '.join(ARCHS)})")
     if arch not in params.archs:
         raise ConfigError(f"'{arch}' is not in segmenters.archs ({', '.join(params.archs)})")
-
-
-def load_prepared(params: CardiacParams, root: Path) -> dict[str, SliceSet]:
-    """The prepared ACDC splits (train, val, test)."""
-    folder = Path(root) / params.acdc.prepared
-    return {split: load_split(folder / f"{split}.npz") for split in SPLITS}
 
 
 def _require(splits: dict[str, SliceSet], names: tuple[str, ...], folder: str) -> None:
@@ -458,28 +443,3 @@ def _subset(slices: SliceSet, rows: np.ndarray) -> SliceSet:
         meta=slices.meta[rows].reset_index(drop=True),
         extra={k: v[rows] for k, v in slices.extra.items()},
     )
-
-
-def load_crossfit(path: Path, train: SliceSet) -> tuple[np.ndarray, np.ndarray] | None:
-    """Out-of-fold ``(pred, fold)`` for the prepared train split, or None for in-sample."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "cross-prediction file not found (run `dvc repro`)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(path, f"not a readable cross-prediction file ({exc})") from exc
-    if str(data.get("method")) == INSAMPLE:
-        return None
-    meta = train.meta
-    same = (
-        "pred" in data
-        and data["pred"].shape == train.label.shape
-        and np.array_equal(data["patient"], meta["patient"].to_numpy().astype(str))
-        and np.array_equal(data["frame"], meta["frame"].to_numpy())
-        and np.array_equal(data["slice_index"], meta["slice_index"].to_numpy())
-    )
-    if not same:
-        raise DataError(path, "does not match the prepared train split (stale: run `dvc repro`)")
-    return data["pred"], data["fold"]

@@ -1,0 +1,80 @@
+"""What one stage writes and a later one reads: where each artifact lives, and reading it back
+with a check that it still matches the data it was made from. Stages import these instead of
+each other."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from seglab.config import CardiacParams, SegmentersParams
+from seglab.data.splits import SPLITS
+from seglab.data.store import SliceSet, load_split
+from seglab.errors import DataError
+
+#: ``method`` of a cross-prediction file when ACDCSeg's train split is predicted in-sample.
+INSAMPLE = "insample"
+#: MLflow experiment of the correctors (the correction report logs there too).
+CORRECTORS_EXPERIMENT = "acdc-correctors"
+#: The keys that line a corrector's test rows up with ACDCSeg's.
+ROW_KEYS = ("patient", "phase", "slice_index", "segmenter")
+
+
+def load_prepared(params: CardiacParams, root: Path) -> dict[str, SliceSet]:
+    """The prepared ACDC splits (train, val, test)."""
+    folder = Path(root) / params.acdc.prepared
+    return {split: load_split(folder / f"{split}.npz") for split in SPLITS}
+
+
+def checkpoint_path(params: SegmentersParams, arch: str, root: Path) -> Path:
+    return Path(root) / params.models / f"{arch}.ckpt"
+
+
+def crossfit_path(params: SegmentersParams, arch: str, root: Path) -> Path:
+    return Path(root) / params.models / f"{arch}.crossfit.npz"
+
+
+def load_crossfit(path: Path, train: SliceSet) -> tuple[np.ndarray, np.ndarray] | None:
+    """Out-of-fold ``(pred, fold)`` for the prepared train split, or None for in-sample."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "cross-prediction file not found (run `dvc repro`)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(path, f"not a readable cross-prediction file ({exc})") from exc
+    if str(data.get("method")) == INSAMPLE:
+        return None
+    meta = train.meta
+    same = (
+        "pred" in data
+        and data["pred"].shape == train.label.shape
+        and np.array_equal(data["patient"], meta["patient"].to_numpy().astype(str))
+        and np.array_equal(data["frame"], meta["frame"].to_numpy())
+        and np.array_equal(data["slice_index"], meta["slice_index"].to_numpy())
+    )
+    if not same:
+        raise DataError(path, "does not match the prepared train split (stale: run `dvc repro`)")
+    return data["pred"], data["fold"]
+
+
+def load_predictions(path: Path, test: SliceSet) -> dict[str, np.ndarray]:
+    """A variant's ``.npz`` of corrected test rows, checked to line up with ACDCSeg's test rows
+    (the report would otherwise compare masks of different slices)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "corrections not found (run `dvc repro train_corrector`)")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    for key in ROW_KEYS:
+        stored = arrays.pop(f"row.{key}", None)
+        if (
+            stored is None
+            or len(stored) != len(test)
+            or not np.array_equal(stored.astype(str), test.meta[key].to_numpy().astype(str))
+        ):
+            raise DataError(path, f"rows do not match ACDCSeg's test split ({key} differs)")
+    return arrays
