@@ -149,15 +149,39 @@ def _registry_history(args: argparse.Namespace) -> int:
 
 
 def _registry_pipeline(args: argparse.Namespace) -> int:
-    from seglab.inference.served import register_pipeline
+    from dataclasses import asdict
 
-    _, params = _cardiac(args)
-    corrector = None if args.no_corrector else args.corrector
-    print(
-        register_pipeline(
-            params, root=Path.cwd(), segmenter=args.model, corrector=corrector, gated=args.gated
+    from seglab.inference.segment import SEGMENTER_PREFIX
+    from seglab.inference.served import PIPELINE, register_pipeline
+    from seglab.io import refuse_overwriting_inputs, write_json
+    from seglab.tracking import registry
+
+    params_file, params = _cardiac(args)
+    refuse_overwriting_inputs({"--out": args.out}, {"--params": params_file})
+    root = Path.cwd()
+    record: dict[str, object]
+    try:
+        registry.best_champion(SEGMENTER_PREFIX, params.tracking, root)
+        missing = None
+    except SeglabError as exc:
+        missing = str(exc)
+    if missing is not None and args.model == "best" and args.if_champion:
+        print(f"nothing to serve: {missing}")
+        record = {"skipped": missing}
+    else:
+        corrector = None if args.no_corrector else args.corrector
+        record = register_pipeline(
+            params, root=root, segmenter=args.model, corrector=corrector, gated=args.gated
         )
-    )
+        print(record["message"])
+        if args.promote:
+            decision = registry.promote(
+                PIPELINE, params.tracking, root, params_file=params_file, rules=params.promotion
+            )
+            print(registry.render_decision(decision))
+            record["promotion"] = asdict(decision)
+    if args.out:
+        write_json(args.out, record)
     return 0
 
 
@@ -420,6 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="correct only where the corrector earns it",
     )
+    pipeline.add_argument(
+        "--promote", action="store_true", help="then promote it (seglab promote's rules)"
+    )
+    pipeline.add_argument(
+        "--if-champion",
+        action="store_true",
+        help="with --model best: when no segmenter has a champion, say so and register nothing",
+    )
+    pipeline.add_argument("--out", help="also write what was registered as JSON (a DVC output)")
     pipeline.add_argument("--params", help="params file (default: params.yaml)")
     pipeline.set_defaults(func=_registry_pipeline)
 

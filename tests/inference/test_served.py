@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from seglab.cli import main
 from seglab.config import CardiacParams, SegmentersParams, SegmenterTrainParams, TrackingParams
 from seglab.data.phantom.acdc import write_acdc_phantom
 from seglab.errors import SeglabError
@@ -57,8 +58,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CardiacPara
         )
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     client.set_registered_model_alias("acdc-segmenter-unet", CHAMPION, version.version)
-    message = register_pipeline(params, root=root)
-    assert message.startswith(f"registered {PIPELINE} version 1 (challenger)")
+    record = register_pipeline(params, root=root)
+    assert record["message"].startswith(f"registered {PIPELINE} version 1 (challenger)")
+    assert record["built_from"] == {"segmenter": "models:/acdc-segmenter-unet@champion (version 1)"}
     client.set_registered_model_alias(PIPELINE, CHAMPION, "1")
     return root, params
 
@@ -184,3 +186,30 @@ def test_mlflow_models_serve_answers_a_patient_and_refuses_bad_input(
     ):
         status, error = post(served, [record])
         assert 400 <= status < 500 and message in error["message"]
+
+
+def test_the_command_registers_nothing_without_a_segmenter_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("profile: quick\n")
+    assert main(["registry", "pipeline", "--if-champion", "--out", "pipeline.json"]) == 0
+    assert capsys.readouterr().out.startswith("nothing to serve: no registered model named")
+    assert "skipped" in json.loads((tmp_path / "pipeline.json").read_text())
+    assert main(["registry", "pipeline"]) == 2  # without --if-champion: an error
+
+
+@pytest.mark.slow
+def test_the_command_registers_and_promotes_a_new_version(
+    project: tuple[Path, CardiacParams], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, _ = project
+    monkeypatch.chdir(root)
+    (root / "params.yaml").write_text("profile: quick\n")
+    assert main(["registry", "pipeline", "--promote", "--out", "pipeline.json"]) == 0
+    record = json.loads((root / "pipeline.json").read_text())
+    assert record["version"] == "2"
+    # Same segmenter, same figures: not better than the champion (version 1), which stays.
+    assert record["promotion"]["outcome"] != "promoted"
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    assert str(client.get_registered_model(PIPELINE).aliases[CHAMPION]) == "1"

@@ -170,10 +170,11 @@ def register_pipeline(
     segmenter: str = "best",
     corrector: str | None = CORRECTOR,
     gated: bool = True,
-) -> str:
+) -> dict[str, Any]:
     """Register the chain built from ``segmenter`` (``best``: the best segmenter champion) and,
     when they have a champion, the corrector and the NVAE of ground-truth masks, as a new
-    version of :data:`PIPELINE` with alias ``challenger``; returns a line saying which."""
+    version of :data:`PIPELINE` with alias ``challenger``. Returns the version, what it was built
+    from, and a line saying so (``message``)."""
     root = Path(root)
     tracking = params.tracking
     if segmenter == "best":
@@ -239,8 +240,15 @@ def register_pipeline(
         for key, value in tags.items():
             client.set_model_version_tag(PIPELINE, version, key, value)
     set_alias(tracking, root, PIPELINE, CHALLENGER, version, reason="built from the champions")
-    built = ", ".join(f"{k} {config[k]['name']}" for k in parts)
-    return f"registered {PIPELINE} version {version} (challenger) from {built}"
+    built = {key: config[key]["name"] for key in parts}
+    listed = ", ".join(f"{key} {name}" for key, name in built.items())
+    return {
+        "model": PIPELINE,
+        "version": version,
+        "built_from": built,
+        "gated": config["gated"],
+        "message": f"registered {PIPELINE} version {version} (challenger) from {listed}",
+    }
 
 
 def _dependencies() -> list[str]:
