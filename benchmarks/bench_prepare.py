@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from seglab.config import AcdcDataParams, AcdcPrepareParams
-from seglab.stages.prepare import prepare_acdc_stage
+from seglab.data.prepare_acdc import prepare_acdc
+from seglab.stages.prepare import anatomy_qc
 
 
 def _peak_mb() -> float:
@@ -40,7 +41,7 @@ def main() -> None:
                 prepare=AcdcPrepareParams(crop=crop),
             )
             start = time.perf_counter()
-            summary = prepare_acdc_stage(params)
+            summary = prepare_acdc(params, qc=anatomy_qc)
             seconds = time.perf_counter() - start
             print(f"{crop:<8} {seconds:8.1f} {_peak_mb():8.0f}  {summary}")
 

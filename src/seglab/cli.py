@@ -55,16 +55,13 @@ def _phantom(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from seglab.config import BrainParams, CardiacParams, load_params
+    from seglab.stages.prepare import prepare_stage
 
-    if args.dataset == "acdc":
-        from seglab.stages.prepare import prepare_acdc_stage
-
-        summary = prepare_acdc_stage(load_params(args.params or CARDIAC_PARAMS, CardiacParams).acdc)
-    else:
-        from seglab.data.prepare_lgg import prepare_lgg
-
-        summary = prepare_lgg(load_params(args.params or BRAIN_PARAMS, BrainParams).lgg)
-    print(summary)
+    params_file = Path(args.params or (CARDIAC_PARAMS if args.dataset == "acdc" else BRAIN_PARAMS))
+    model = CardiacParams if args.dataset == "acdc" else BrainParams
+    params = load_params(params_file, model)
+    data = params.acdc if isinstance(params, CardiacParams) else params.lgg
+    print(prepare_stage(args.dataset, data, params.tracking, params_file=params_file))
     return 0
 
 

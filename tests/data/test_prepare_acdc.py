@@ -10,7 +10,7 @@ from seglab.config import AcdcDataParams, AcdcPrepareParams, SplitParams
 from seglab.data.prepare_acdc import prepare_acdc
 from seglab.data.store import load_split
 from seglab.errors import DataError
-from seglab.stages.prepare import prepare_acdc_stage
+from seglab.stages.prepare import anatomy_qc
 
 GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
 
@@ -38,7 +38,7 @@ def _params(raw: Path, out: Path) -> AcdcDataParams:
 @pytest.mark.realdata
 def test_prepare_real_subset(acdc_real: Path, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
-    summary = prepare_acdc_stage(_params(_subset(acdc_real, tmp_path, 3), out))
+    summary = prepare_acdc(_params(_subset(acdc_real, tmp_path, 3), out), qc=anatomy_qc)
     assert "train 5 patients" in summary and "test 5 patients" in summary
     assert "ground truth" in summary and "anatomically valid" in summary
     meta = json.loads((out / "meta.json").read_text())
