@@ -109,8 +109,9 @@ def test_pyfunc_answers_label_volumes_in_the_inputs_geometry_and_a_report(
 
 
 def test_bad_fields_are_one_line_naming_them(tmp_path: Path) -> None:
-    with pytest.raises(SeglabError, match="^ed: not a base64-encoded NIfTI image$"):
-        decode("not base64!", "ed")
+    for text in ("not base64!", "nope", base64.b64encode(b"\x1f\x8b not gzip").decode()):
+        with pytest.raises(SeglabError, match="^ed: not a base64-encoded NIfTI image$"):
+            decode(text, "ed")
     flat = nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4))
     with pytest.raises(SeglabError, match=r"^es: expected a 3D image \(x, y, z\), got shape"):
         decode(base64.b64encode(flat.to_bytes()).decode(), "es")
@@ -178,6 +179,7 @@ def test_mlflow_models_serve_answers_a_patient_and_refuses_bad_input(
     other = nib.Nifti1Image(np.zeros((9, 9, 2), np.float32), np.eye(4))
     for record, message in (
         ({"ed": "not an image"}, "row 0: ed: not a base64-encoded NIfTI image"),
+        ({"ed": "nope"}, "row 0: ed: not a base64-encoded NIfTI image"),  # valid base64
         ({"ed": base64.b64encode(flat.to_bytes()).decode()}, "row 0: ed: expected a 3D image"),
         (
             {"ed": b64(patient["ED"]), "es": base64.b64encode(other.to_bytes()).decode()},

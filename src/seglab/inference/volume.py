@@ -20,7 +20,7 @@ from seglab.errors import DataError
 from seglab.io import atomic_file
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_READ_ERRORS = (
+READ_ERRORS = (
     OSError,  # includes gzip.BadGzipFile and truncated data
     EOFError,
     zlib.error,
@@ -38,7 +38,7 @@ def read_volume(path: Path, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
     try:
         nii = nib.load(path)
         data = np.asanyarray(nii.dataobj)  # reading the voxels detects truncation
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         reason = " ".join(str(exc).split())
         raise DataError(path, f"not a readable NIfTI {what} ({reason})") from None
     if not isinstance(nii, nib.Nifti1Image | nib.Nifti2Image):
