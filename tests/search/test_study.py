@@ -30,6 +30,7 @@ from seglab.search.study import (
     objectives,
     open_study,
     pareto_front,
+    progress,
     run_worker,
     study_figures,
 )
@@ -248,3 +249,13 @@ def test_a_point_already_measured_is_not_trained_again(tmp_path: Path) -> None:
     assert len(calls) == 2 and runs.opened == [0, 2]  # the twin trained nothing, opened no run
     assert twin.values == first.values and twin.user_attrs["duplicate_of"] == 0
     assert twin.user_attrs["checkpoint"] == first.user_attrs["checkpoint"]
+
+
+def test_every_finished_trial_prints_its_place_in_the_budget_and_the_best_so_far() -> None:
+    study = optuna.create_study(direction="maximize")
+    for value in (0.5, 0.7, 0.6):
+        study.add_trial(optuna.trial.create_trial(value=value))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+    trials = study.get_trials()
+    assert progress(study, trials[2], 8) == "trial 4 of 8 (#2): COMPLETE 0.6; best 0.7 (trial #1)"
+    assert progress(study, trials[3], 8) == "trial 4 of 8 (#3): PRUNED; best 0.7 (trial #1)"

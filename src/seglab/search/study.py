@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -203,10 +204,38 @@ def run_worker(
         queued = sum(t.state == TrialState.WAITING for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         if queued or done + running < total:
-            study.optimize(objective, n_trials=1, catch=(BudgetTaken,), gc_after_trial=True)
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(BudgetTaken,),
+                gc_after_trial=True,
+                callbacks=[lambda s, t: print(progress(s, t, total), file=sys.stderr, flush=True)],
+            )
             ran += 1
         else:
             time.sleep(poll_seconds)
+
+
+def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: int) -> str:
+    """One line per finished trial: which of the budget, its outcome, the best so far.
+
+    >>> study = optuna.create_study(direction="maximize")
+    >>> study.add_trial(optuna.trial.create_trial(value=0.5))
+    >>> progress(study, study.trials[0], 8)
+    'trial 1 of 8 (#0): COMPLETE 0.5; best 0.5 (trial #0)'
+    """
+    done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    outcome = trial.state.name + (
+        " " + ", ".join(f"{v:.4g}" for v in trial.values) if trial.values else ""
+    )
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    best = ""
+    if complete and len(study.directions) == 1:
+        top = study.best_trial
+        best = f"; best {top.value:.4g} (trial #{top.number})"
+    elif complete:
+        best = f"; Pareto front of {len(study.best_trials)}"
+    return f"trial {done} of {total} (#{trial.number}): {outcome}{best}"
 
 
 def spawn_workers(target: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> None:
