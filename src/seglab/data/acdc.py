@@ -36,7 +36,8 @@ INFO_KEYS = ("ED", "ES", "Group", "Height", "NbFrame", "Weight")
 
 
 _PATIENT_DIR = re.compile(r"patient\d{3}")
-_NIFTI_ERRORS = (
+#: What nibabel raises on a broken NIfTI file (read as one clear error naming the file).
+NIFTI_ERRORS = (
     OSError,  # includes gzip.BadGzipFile and nibabel's "Expected N bytes" on truncated data
     EOFError,
     zlib.error,
@@ -298,7 +299,7 @@ def _read_nifti(node: Node, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
         with LoggingOutputSuppressor():
             image = nib.Nifti1Image.from_bytes(gzip.decompress(data))
             array = np.asanyarray(image.dataobj)
-    except _NIFTI_ERRORS as exc:
+    except NIFTI_ERRORS as exc:
         raise DataError(str(node), f"corrupt or truncated NIfTI ({one_line(exc)})") from None
     return image, array
 

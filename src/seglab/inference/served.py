@@ -38,11 +38,11 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, Schema
 
 from seglab.config import AcdcPrepareParams, CardiacParams, GateParams
+from seglab.data.acdc import NIFTI_ERRORS
 from seglab.errors import SeglabError
 from seglab.inference.cardiac import Chain, Volume
 from seglab.inference.correct import Corrector
 from seglab.inference.segment import SEGMENTER_PREFIX, Segmenter, open_segmenter
-from seglab.inference.volume import READ_ERRORS
 from seglab.tracking import log_metrics, tracked_run
 from seglab.tracking.models import input_shape, serving_requirements
 from seglab.tracking.registry import (
@@ -77,7 +77,7 @@ def decode(text: Any, field: str) -> Volume:
             data = gzip.decompress(data)
         nii = nib.Nifti1Image.from_bytes(data)
         voxels = np.asanyarray(nii.dataobj).astype(np.float32)
-    except (binascii.Error, *READ_ERRORS):
+    except (binascii.Error, *NIFTI_ERRORS):
         raise SeglabError(f"{field}: not a base64-encoded NIfTI image") from None
     if voxels.ndim == 4 and voxels.shape[3] == 1:
         voxels = voxels[..., 0]

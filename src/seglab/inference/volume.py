@@ -6,29 +6,16 @@ from __future__ import annotations
 
 import gzip
 import math
-import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
-from nibabel.wrapstruct import WrapStructError
 
-from seglab.data.acdc import LABELS
+from seglab.data.acdc import LABELS, NIFTI_ERRORS
 from seglab.errors import DataError
 from seglab.io import atomic_file
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-READ_ERRORS = (
-    OSError,  # includes gzip.BadGzipFile and truncated data
-    EOFError,
-    zlib.error,
-    ValueError,
-    WrapStructError,
-    HeaderDataError,
-    ImageFileError,
-)
 
 
 def read_volume(path: Path, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -38,7 +25,7 @@ def read_volume(path: Path, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
     try:
         nii = nib.load(path)
         data = np.asanyarray(nii.dataobj)  # reading the voxels detects truncation
-    except READ_ERRORS as exc:
+    except NIFTI_ERRORS as exc:
         reason = " ".join(str(exc).split())
         raise DataError(path, f"not a readable NIfTI {what} ({reason})") from None
     if not isinstance(nii, nib.Nifti1Image | nib.Nifti2Image):
