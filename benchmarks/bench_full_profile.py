@@ -46,7 +46,10 @@ def overrides(batches: int, samples: int, patients: int) -> dict[str, Any]:
         "tracking": {"uri": "sqlite:///mlflow.db", "artifacts": "mlartifacts"},
         "profiles": {
             "full": {
-                "segmenters": {"train": {"trainer": short}},
+                "segmenters": {
+                    "train": {"trainer": short},
+                    "arch_train": {arch: {"trainer": short} for arch in ARCHS},
+                },
                 "nvae": {"trainer": short, "samples": samples},
                 "correctors": {"nvae": {"trainer": short}, "context": {"trainer": short}},
                 "search": {
