@@ -187,7 +187,7 @@ def model_specs(cardiac: CardiacParams, brain: BrainParams) -> dict[str, ModelSp
 
 def _optimizer(module: L.LightningModule, family: Family) -> torch.optim.Optimizer:
     if family != "nvae":
-        return module.configure_optimizers()
+        return module.optimizer()  # the benchmark times steps; the schedule needs a Trainer
     # NvaeModule.configure_optimizers needs a Trainer (for the cosine schedule's length); the
     # optimiser itself is the same Adamax.
     o = module.params.optim

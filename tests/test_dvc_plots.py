@@ -1,4 +1,4 @@
-"""`dvc plots show` draws every table with its own axes and renders without internet access."""
+"""DVC outputs a user reads: plots with their own axes that render offline, metrics that compare."""
 
 from __future__ import annotations
 
@@ -44,3 +44,15 @@ def test_the_html_template_has_no_cdn_and_dvc_uses_it() -> None:
     page = template.read_text()
     assert "{plot_divs}" in page and "<script src=" not in page and "vegaEmbed" in page
     assert "/dvc_plots/" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_metrics_files_are_the_comparable_views() -> None:
+    """Every declared DVC metric is a ``*.metrics.json`` view (numbers only, no timings: see
+    seglab.io.write_record), so `dvc exp show --only-changed` shows what a change moved."""
+    declared = []
+    for dvc_file in (ROOT / "dvc.yaml", ROOT / "pipelines" / "lgg" / "dvc.yaml"):
+        for stage in yaml.safe_load(dvc_file.read_text())["stages"].values():
+            for entry in stage.get("do", stage).get("metrics", []):
+                declared.extend(entry if isinstance(entry, dict) else [entry])
+    assert len(declared) >= 7
+    assert [m for m in declared if not str(m).endswith(".metrics.json")] == []

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from seglab.errors import SeglabError
-from seglab.io import atomic_dir, atomic_file, refuse_overwriting_inputs, write_json
+from seglab.io import (
+    atomic_dir,
+    atomic_file,
+    metrics_path,
+    refuse_overwriting_inputs,
+    write_json,
+    write_record,
+)
 
 
 def test_write_json_is_strict_json(tmp_path: Path) -> None:
@@ -70,3 +77,29 @@ def test_an_output_that_is_an_input_is_refused_naming_both(tmp_path: Path) -> No
         {"SEG": seg, "--image": tmp_path / "missing.nii.gz", "--model": None},
     )
     assert seg.read_bytes() == b"labels"
+
+
+def test_a_record_keeps_everything_and_its_metrics_only_comparable_figures(tmp_path: Path) -> None:
+    record = {
+        "arch": "unet",
+        "dice_mean": 0.81,
+        "hd95_mean": float("nan"),
+        "epochs": 30,
+        "train_seconds": 1284.5,
+        "slices_per_second": 70.2,
+        "run_id": "0123abcd",
+        "model_version": "3",
+        "resumed_from": None,
+        "crossfit": {"dice_mean": 0.79, "train_seconds": 800.0, "method": "crossfit-2"},
+        "valid": True,
+        "per_slice": [0.1, 0.2],
+    }
+    target = tmp_path / "metrics" / "unet.json"
+    write_record(target, record)
+    assert json.loads(target.read_text())["run_id"] == "0123abcd"  # the whole record
+    assert metrics_path(target) == tmp_path / "metrics" / "unet.metrics.json"
+    assert json.loads(metrics_path(target).read_text()) == {
+        "dice_mean": 0.81,
+        "epochs": 30,
+        "crossfit": {"dice_mean": 0.79},
+    }  # no text, timings, flags, lists or undefined figures

@@ -132,3 +132,41 @@ def _finite(value: Any) -> Any:
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalars
         return _finite(value.item())
     return value
+
+
+def comparable(record: Any) -> Any:
+    """The figures of a record worth comparing between runs: numbers (nested mappings kept),
+    without text (run ids, names, versions), flags, lists and timings (any key naming seconds:
+    they change on every run). ``dvc metrics diff`` and ``dvc exp show`` then show what a change
+    moved.
+
+    >>> comparable({"dice_mean": 0.9, "train_seconds": 61.2, "run_id": "ab", "emptied": 2,
+    ...             "crossfit": {"dice_mean": 0.8, "method": "insample"}, "valid": True})
+    {'dice_mean': 0.9, 'emptied': 2, 'crossfit': {'dice_mean': 0.8}}
+    """
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if "second" in key:
+            continue
+        if isinstance(value, dict):
+            inner = comparable(value)
+            if inner:
+                out[key] = inner
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = value
+        elif hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+            out[key] = value.item()
+    return out
+
+
+def metrics_path(record: str | Path) -> Path:
+    """Where a record's comparable figures go: ``x.json`` -> ``x.metrics.json``."""
+    record = Path(record)
+    return record.with_name(record.name.removesuffix(".json") + ".metrics.json")
+
+
+def write_record(target: str | Path, record: Any) -> None:
+    """Write a stage's whole record (figures, timings, ids) to ``target`` and its comparable
+    figures (:func:`comparable`) beside it (:func:`metrics_path`): the DVC metrics file."""
+    write_json(target, record)
+    write_json(metrics_path(target), comparable(_finite(record)))

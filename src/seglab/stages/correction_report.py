@@ -23,7 +23,7 @@ import numpy as np
 from seglab.config import AcdcDataParams, CardiacParams
 from seglab.data.store import load_split
 from seglab.evaluation.correction_report import correction_report
-from seglab.io import write_json
+from seglab.io import write_record
 from seglab.stages.artifacts import CORRECTORS_EXPERIMENT as EXPERIMENT
 from seglab.stages.artifacts import load_predictions
 from seglab.tracking import log_artifact, log_metrics, tracked_run
@@ -97,5 +97,5 @@ def evaluate_correction(
         )
         log_metrics(_numbers(summary))
         log_artifact(out_dir)
-        write_json(root / report.metrics, summary)
+        write_record(root / report.metrics, summary)
     return summary

@@ -41,7 +41,7 @@ from seglab.errors import ConfigError, SeglabError
 from seglab.evaluation.correction import correct, gate, mask_agreement, plausibility
 from seglab.evaluation.nvae_report import reconstruction_figure
 from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor, load_nvae
-from seglab.io import atomic_file, write_json
+from seglab.io import atomic_file, write_record
 from seglab.metrics.anatomy import check_slices
 from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
@@ -228,6 +228,6 @@ def train_corrector(
             "registered_model": REGISTERED[variant],
             "model_version": version.version,
         }
-        write_json(root / cfg.metrics / f"{variant}.json", result)
+        write_record(root / cfg.metrics / f"{variant}.json", result)
     shutil.rmtree(work, ignore_errors=True)
     return result

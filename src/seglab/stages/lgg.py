@@ -48,7 +48,7 @@ from seglab.evaluation.lgg_report import (
     prediction_figure,
     summarize,
 )
-from seglab.io import atomic_dir, write_json
+from seglab.io import atomic_dir, write_record
 from seglab.models.lgg import build_lgg_net
 from seglab.models.segmenters import parameter_count, weights_mb
 from seglab.stages.common import work_folder
@@ -320,7 +320,7 @@ def train_lgg(
             "registered_model": registered_name(name),
             "model_version": str(version.version),
         }
-        write_json(metrics_path(archs, name, root), result)
+        write_record(metrics_path(archs, name, root), result)
     shutil.rmtree(work, ignore_errors=True)
     return result
 

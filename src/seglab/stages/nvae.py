@@ -51,7 +51,7 @@ from seglab.evaluation.nvae_report import (
     samples_figure,
 )
 from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor
-from seglab.io import write_json
+from seglab.io import write_record
 from seglab.models.nvae import KLDivergenceError
 from seglab.models.segmenters import parameter_count, weights_mb
 from seglab.stages.common import nvae_work_dir, run_name
@@ -232,6 +232,6 @@ def train_nvae(
             "registered_model": REGISTERED_NAME,
             "model_version": version.version,
         }
-        write_json(metrics_dir / METRICS, result)
+        write_record(metrics_dir / METRICS, result)
     shutil.rmtree(work, ignore_errors=True)
     return result

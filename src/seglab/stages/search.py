@@ -40,7 +40,7 @@ import yaml
 from seglab.config import CardiacParams, NvaeParams, SearchParams, TrainerParams
 from seglab.data.store import SliceSet, load_split
 from seglab.errors import SeglabError
-from seglab.io import atomic_dir, atomic_file, write_json
+from seglab.io import atomic_dir, atomic_file, write_record
 from seglab.search.objective import (
     CHECKPOINT_FILE_ATTR,
     DUPLICATE_ATTR,
@@ -402,7 +402,7 @@ def report(plan: Plan, study: optuna.Study) -> dict[str, Any]:
 
     registered = _register_best(plan, study, space, best) if search.register_best else None
     summary = _summary(plan, study, space, best, registered, skipped)
-    write_json(plan.root / output_path(search.summary, target), summary)
+    write_record(plan.root / output_path(search.summary, target), summary)
     log_dict(summary, "search/summary.json")
     if best is not None:
         log_metrics(

@@ -45,7 +45,7 @@ from seglab.data.store import SliceSet
 from seglab.errors import ConfigError, SeglabError
 from seglab.inference.postprocess import Method, choose
 from seglab.inference.segment import context_of, image_tensor, load_segmenter, predict_labels
-from seglab.io import atomic_file, write_json
+from seglab.io import atomic_file, write_record
 from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap, volume_dice
@@ -331,7 +331,7 @@ def train_segmenter(
             {key: best.hparams[key] for key in ("postprocess", "min_pixels")},
         )
         write_curves(fitted.history, curves_path(seg, arch, root))
-        write_json(
+        write_record(
             root / seg.metrics / f"{arch}.json",
             {
                 "arch": arch,
@@ -432,7 +432,7 @@ def _save_crossfit(
         }
     with atomic_file(crossfit_path(seg, arch, root)) as tmp, tmp.open("wb") as fh:
         np.savez(fh, **arrays)
-    write_json(root / seg.metrics / f"{arch}.crossfit.json", {"arch": arch, **summary})
+    write_record(root / seg.metrics / f"{arch}.crossfit.json", {"arch": arch, **summary})
     return summary
 
 

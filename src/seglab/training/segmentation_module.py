@@ -142,10 +142,15 @@ class SegmentationModule(L.LightningModule):
     def forward(self, image: Tensor) -> Tensor:
         return self.net(image)
 
-    def configure_optimizers(self) -> Any:
-        """The optimiser, and a per-step schedule unless it is constant without warm-up."""
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser alone (Adam or AdamW at ``lr``), e.g. for a loop without a Trainer."""
         kind = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
-        optimizer = kind(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return kind(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def configure_optimizers(self) -> Any:
+        """The optimiser, and a per-step schedule unless it is constant without warm-up (the
+        schedule's length comes from the Trainer)."""
+        optimizer = self.optimizer()
         if self.schedule == "constant" and self.warmup_epochs == 0:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
