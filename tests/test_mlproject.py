@@ -16,6 +16,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.projects import _project_spec
 from packaging.specifiers import SpecifierSet
+from tests.helpers import git
 
 from seglab.cli import build_parser
 from seglab.config import TrackingParams
@@ -27,17 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # also a whole number, should a count be declared as one).
 EXAMPLES = {"string": "acdc-nvae", "float": "3", "int": "3", "path": "params.yaml"}
 SEGLAB = Path(sys.executable).parent / "seglab"  # the console script of this environment
-
-
-def git(root: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=seglab", "-c", "user.email=seglab@example.org", *args],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip()
 
 
 def test_every_entry_point_is_a_seglab_command(monkeypatch: pytest.MonkeyPatch) -> None:

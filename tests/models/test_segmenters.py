@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.helpers import TINY
 
 from seglab.config import (
-    AttentionUnetParams,
     ResUNetParams,
     SegmenterNetsParams,
-    SwinUnetrParams,
     UNetParams,
 )
 from seglab.errors import ConfigError
 from seglab.models.segmenters import ARCHS, build_segmenter, parameter_count, weights_mb
-
-TINY = SegmenterNetsParams(
-    unet=UNetParams(channels=(4, 8, 16)),
-    resunet=ResUNetParams(channels=(4, 8, 16)),
-    attunet=AttentionUnetParams(channels=(4, 8, 16)),
-    swinunetr=SwinUnetrParams(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
-)
 
 
 def test_the_four_architectures_are_known() -> None:

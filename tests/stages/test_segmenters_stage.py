@@ -13,23 +13,19 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
+from tests.helpers import TINY
 
 from seglab.config import (
     AcdcDataParams,
     AcdcPrepareParams,
     AcdcSegParams,
-    AttentionUnetParams,
     CardiacParams,
     PhantomParams,
-    ResUNetParams,
-    SegmenterNetsParams,
     SegmentersParams,
     SegmenterTrainParams,
     SplitParams,
-    SwinUnetrParams,
     TrackingParams,
     TrainerParams,
-    UNetParams,
 )
 from seglab.data.phantom.acdc import write_acdc_phantom
 from seglab.data.phantom.masks import heart_masks
@@ -121,14 +117,6 @@ def test_crossfit_file_must_match_the_prepared_train_split(tmp_path: Path) -> No
     path.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a readable cross-prediction file"):
         load_crossfit(path, train)
-
-
-TINY = SegmenterNetsParams(
-    unet=UNetParams(channels=(4, 8, 16)),
-    resunet=ResUNetParams(channels=(4, 8, 16)),
-    attunet=AttentionUnetParams(channels=(4, 8, 16)),
-    swinunetr=SwinUnetrParams(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
-)
 
 
 def _params(root: Path, prepared: Path, folds: int = 2) -> CardiacParams:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from tests.helpers import git
 
 from seglab.cli import main
 from seglab.config import TrackingParams
@@ -17,17 +17,6 @@ from seglab.errors import SeglabError
 from seglab.tracking import runs
 from seglab.tracking.compare import compare_runs, render_comparison
 from seglab.tracking.runs import log_metrics, tracked_run
-
-
-def git(root: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=seglab", "-c", "user.email=seglab@example.org", *args],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip()
 
 
 @pytest.fixture(autouse=True)

@@ -6,37 +6,14 @@ import hashlib
 import os
 import platform
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from tests.helpers import dvc, git
 
 from seglab.errors import DataError
 from seglab.tracking import lineage
-
-
-def git(root: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=seglab", "-c", "user.email=seglab@example.org", *args],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip()
-
-
-def dvc(root: Path, *args: str) -> None:
-    """Run a DVC command in-process (its CLI entry point), as `dvc ARGS` in ``root``."""
-    from dvc.cli import main
-
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
-        assert main(list(args)) == 0, f"dvc {' '.join(args)} failed"
-    finally:
-        os.chdir(cwd)
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from tests.helpers import git
 
 from seglab.cli import main
 from seglab.config import PromotionParams, TrackingParams
@@ -36,17 +37,6 @@ from seglab.tracking.registry import (
     resolve_version,
 )
 from seglab.tracking.runs import log_metrics, tracked_run
-
-
-def git(root: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=seglab", "-c", "user.email=seglab@example.org", *args],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip()
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import mlflow
 import pytest
 import yaml
 from mlflow import MlflowClient
+from tests.helpers import dvc, git
 
 from seglab.config import CardiacParams, TrackingParams
 from seglab.errors import ConfigError, DataError
@@ -33,29 +34,6 @@ from seglab.tracking.runs import (
     resolve_uri,
     tracked_run,
 )
-
-
-def git(root: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=seglab", "-c", "user.email=seglab@example.org", *args],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip()
-
-
-def dvc(root: Path, *args: str) -> None:
-    """Run a DVC command in-process (its CLI entry point), as `dvc ARGS` in ``root``."""
-    from dvc.cli import main
-
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
-        assert main(list(args)) == 0, f"dvc {' '.join(args)} failed"
-    finally:
-        os.chdir(cwd)
 
 
 @pytest.fixture(scope="module")

@@ -8,26 +8,16 @@ import math
 import lightning as L
 import pytest
 import torch
+from tests.helpers import TINY
 from torch import nn
 
 from seglab.config import (
-    AttentionUnetParams,
     AugmentParams,
-    ResUNetParams,
-    SegmenterNetsParams,
-    SwinUnetrParams,
-    UNetParams,
 )
 from seglab.models.segmenters import ARCHS, build_segmenter
 from seglab.training.datamodule import TensorDataModule
 from seglab.training.segmentation_module import SegmentationModule, lr_factor
 
-TINY = SegmenterNetsParams(
-    unet=UNetParams(channels=(4, 8, 16)),
-    resunet=ResUNetParams(channels=(4, 8, 16)),
-    attunet=AttentionUnetParams(channels=(4, 8, 16)),
-    swinunetr=SwinUnetrParams(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
-)
 NAMES = {3: "lv", 2: "myo", 1: "rv"}
 
 
