@@ -157,18 +157,19 @@ def _registry_pipeline(args: argparse.Namespace) -> int:
     refuse_overwriting_inputs({"--out": args.out}, {"--params": params_file})
     root = Path.cwd()
     record: dict[str, object]
-    try:
-        registry.best_champion(SEGMENTER_PREFIX, params.tracking, root)
-        missing = None
-    except SeglabError as exc:
-        missing = str(exc)
-    if missing is not None and args.model == "best" and args.if_champion:
-        print(f"nothing to serve: {missing}")
-        record = {"skipped": missing}
-    else:
+    segmenter: str | None = args.model
+    if args.model == "best":
+        try:
+            segmenter = registry.best_champion(SEGMENTER_PREFIX, params.tracking, root)
+        except SeglabError as exc:
+            if not args.if_champion:
+                raise
+            print(f"nothing to serve: {exc}")
+            record, segmenter = {"skipped": str(exc)}, None
+    if segmenter is not None:
         corrector = None if args.no_corrector else args.corrector
         record = register_pipeline(
-            params, root=root, segmenter=args.model, corrector=corrector, gated=args.gated
+            params, root=root, segmenter=segmenter, corrector=corrector, gated=args.gated
         )
         print(record["message"])
         if args.promote:

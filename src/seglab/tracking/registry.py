@@ -891,10 +891,11 @@ def best_champion(prefix: str, tracking: TrackingParams, root: Path) -> str:
     client, uri = _client(tracking, root)
     scored: list[tuple[float, str]] = []
     for model in sorted(m.name for m in client.search_registered_models()):
-        if not model.startswith(prefix) or CHAMPION not in _aliases(client, model):
+        champion = _aliases(client, model).get(CHAMPION) if model.startswith(prefix) else None
+        if champion is None:
             continue
         metric = default_metric(model)
-        value = _evaluated(client, model, _aliases(client, model)[CHAMPION], metric).value
+        value = _evaluated(client, model, champion, metric).value
         scored.append((value if metric_goal(metric) == "max" else -value, model))
     if not scored:
         raise SeglabError(f"no registered model named {prefix}* has a champion in {uri}")
