@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, WorkerFinished
 
 if TYPE_CHECKING:
     from seglab.config import CardiacParams, TrackingParams
@@ -674,6 +674,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except WorkerFinished:
+        return 0
     except SeglabError as exc:
         print(f"seglab: error: {exc}", file=sys.stderr)
         return 2

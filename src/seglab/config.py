@@ -152,6 +152,11 @@ class TrainerParams(Section):
     batch_size: int = Field(8, ge=1)
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str = "auto"
+    # Several devices or machines: Lightning's DDP ("ddp"; one process per device, launched by
+    # the stage itself or by torchrun/SLURM) with num_nodes machines. One model per command:
+    # cross-prediction and the search train several and take devices: 1 (README, "Scaling out").
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true"] = "auto"
+    num_nodes: int = Field(1, ge=1)
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
     seed: int = 0
     early_stopping_patience: int | None = Field(None, ge=1)

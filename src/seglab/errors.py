@@ -23,3 +23,9 @@ class DataError(SeglabError):
 
 class ConfigError(SeglabError):
     """params.yaml (or a command-line override) is invalid."""
+
+
+class WorkerFinished(Exception):
+    """Raised in a distributed training's worker process (global rank > 0) once its part of the
+    training is done: rank 0 alone evaluates, logs, registers and writes outputs, so the worker
+    leaves the stage here and the CLI exits 0."""

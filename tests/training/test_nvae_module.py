@@ -8,13 +8,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from seglab.config import NvaeParams
 from seglab.models.nvae import KLDivergenceError
-from seglab.training.nvae_module import NvaeModule, val_loss_checkpoint
+from seglab.training.nvae_module import MONITOR, NvaeModule
 
 SIZE = 32
 
@@ -100,7 +101,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path: Path) -> None:
     module = NvaeModule(_params(), image_size=SIZE)
     ckpt_dir = tmp_path / "ckpt"
     trainer = _trainer(
-        tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[val_loss_checkpoint(ckpt_dir)]
+        tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[best_and_last(ckpt_dir)]
     )
     trainer.fit(module, _loader(), _loader(seed=1))
     assert (ckpt_dir / "best.ckpt").is_file() and (ckpt_dir / "last.ckpt").is_file()
@@ -114,7 +115,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path: Path) -> None:
 
     resumed = NvaeModule(_params(), image_size=SIZE)
     trainer2 = _trainer(
-        tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[val_loss_checkpoint(ckpt_dir)]
+        tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[best_and_last(ckpt_dir)]
     )
     trainer2.fit(resumed, _loader(), _loader(seed=1), ckpt_path=ckpt_dir / "last.ckpt")
     assert trainer2.global_step == 4  # continued from step 2, not restarted
@@ -127,3 +128,8 @@ def test_divergence_stops_training_with_its_own_error(tmp_path: Path) -> None:
     bad = DataLoader(TensorDataset(masks, masks), batch_size=4)
     with pytest.raises(KLDivergenceError, match="at step 0"):
         _trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(module, bad)
+
+
+def best_and_last(folder: Path) -> ModelCheckpoint:
+    """The lowest-val_loss checkpoint and the last one, as the trainers keep them."""
+    return ModelCheckpoint(dirpath=folder, filename="best", monitor=MONITOR, save_last=True)

@@ -25,10 +25,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlparse
 
 import mlflow
+from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, LifecycleStage, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -284,6 +285,24 @@ def _dataset_inputs(datasets: Mapping[str, Path], tags: Mapping[str, str]) -> li
     return inputs
 
 
+@dataclass(frozen=True)
+class _NoRunInfo:
+    run_id: None = None
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    """What :func:`tracked_run` yields in a distributed worker process: a run with no id."""
+
+    info: _NoRunInfo = _NoRunInfo()
+
+
+def is_worker_process() -> bool:
+    """True in a distributed training's process of global rank > 0, from the rank its launcher
+    set in the environment (Lightning's own DDP launch, torchrun, SLURM), as Lightning reads it."""
+    return rank_zero_only.rank != 0
+
+
 @contextmanager
 def tracked_run(
     tracking: TrackingParams,
@@ -308,7 +327,14 @@ def tracked_run(
 
     ``resume``: the training's work folder. The run's id is kept there, so a stage killed and
     started again continues that run instead of opening a second one.
+
+    In a distributed training's worker process (global rank > 0) nothing is opened: the block
+    gets a :class:`WorkerRun` whose id is None, so the worker trains without logging and rank 0's
+    run is the only one.
     """
+    if is_worker_process():
+        yield cast(mlflow.ActiveRun, WorkerRun())
+        return
     root = Path(root)
     uri = configure(tracking, root)
     client = MlflowClient(uri)

@@ -12,6 +12,11 @@ into a Lightning ``Trainer``, keeps the best and last checkpoints, resumes, and 
   time, training loss, every ``val_*`` figure), kept in the checkpoints across resumes.
 - Logging: metrics go to an MLflow run the caller opened (``run_id``, passed explicitly); the
   run belongs to the caller, so Lightning never ends it.
+- Several devices or machines (``strategy: ddp``, ``devices``, ``num_nodes``): Lightning starts
+  (or torchrun/SLURM started) one process per device, each running the same command; the
+  validation figures are reduced across them, and after the fit every process but global rank
+  0 leaves the stage (:class:`~seglab.errors.WorkerFinished`), so only rank 0 evaluates, logs to
+  MLflow, registers and writes outputs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from seglab.config import TrainerParams
+from seglab.errors import ConfigError, WorkerFinished
 from seglab.io import atomic_file
 from seglab.training.history import EpochHistory
 
@@ -132,6 +138,8 @@ def make_trainer(
         limit_val_batches=params.limit_val_batches,
         accelerator=params.accelerator,
         devices=params.devices if devices is None else devices,
+        strategy=params.strategy if devices is None else "auto",
+        num_nodes=params.num_nodes if devices is None else 1,
         precision=resolve_precision(params),  # type: ignore[arg-type]
         callbacks=list(callbacks),
         logger=logger,
@@ -161,12 +169,16 @@ def fit(
     mode: Literal["min", "max"] = "max",
     run_id: str | None = None,
     tracking_uri: str | None = None,
+    callbacks: Sequence[Callback] = (),
     log_every_n_steps: int = 50,
+    progress_bar: bool = False,
 ) -> FitResult:
     """Train ``module``, keeping ``best.ckpt``/``last.ckpt`` in ``checkpoint_dir``.
 
     With ``run_id`` (and the store's ``tracking_uri``), Lightning logs every metric into that
     MLflow run. Early stopping on ``monitor`` when ``params.early_stopping_patience`` is set.
+    ``callbacks`` (an Optuna pruner) are added as they are. ``progress_bar`` adds Lightning's
+    bar to the one line per epoch that :class:`EpochHistory` prints.
     """
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -181,9 +193,9 @@ def fit(
         enable_version_counter=False,
     )
     history = EpochHistory(monitor, mode)
-    callbacks: list[Callback] = [checkpoint, history]
+    all_callbacks: list[Callback] = [checkpoint, history, *callbacks]
     if params.early_stopping_patience is not None:
-        callbacks.append(
+        all_callbacks.append(
             EarlyStopping(monitor=monitor, mode=mode, patience=params.early_stopping_patience)
         )
     logger: Logger | bool = False
@@ -191,17 +203,25 @@ def fit(
         logger = RunLogger(run_id=run_id, tracking_uri=tracking_uri, log_model=False)
     trainer = make_trainer(
         params,
-        callbacks=callbacks,
+        callbacks=all_callbacks,
         logger=logger,
         root_dir=checkpoint_dir,
         log_every_n_steps=log_every_n_steps,
-        progress_bar=False,  # EpochHistory prints one line per epoch instead
+        progress_bar=progress_bar,
     )
+    if trainer.world_size > 1 and _fits_launched:
+        raise ConfigError(
+            "a second distributed training in one command: cross-prediction "
+            "(acdcseg.folds > 1) and the search train several models per command; run them on "
+            "one device (devices: 1), the search scales out with workers instead"
+        )
     last = checkpoint_dir / "last.ckpt"
     resumed_from = last if last.is_file() else None
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from)
     seconds = time.perf_counter() - start
+    if trainer.world_size > 1:
+        _distributed_fit_done(trainer)
     score = checkpoint.best_model_score
     return FitResult(
         best_path=Path(checkpoint.best_model_path),
@@ -212,6 +232,19 @@ def fit(
         resumed_from=resumed_from,
         history=tuple(history.rows),
     )
+
+
+_fits_launched = 0
+
+
+def _distributed_fit_done(trainer: L.Trainer) -> None:
+    """After a distributed fit a worker (global rank > 0) leaves the stage: rank 0 alone
+    evaluates, logs and writes. Rank 0 counts the fit: the workers are gone, so a second
+    distributed fit in this process would wait for them forever."""
+    global _fits_launched
+    if not trainer.is_global_zero:
+        raise WorkerFinished(f"rank {trainer.global_rank} done")
+    _fits_launched += 1
 
 
 def predict(

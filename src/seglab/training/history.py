@@ -72,7 +72,7 @@ class EpochHistory(Callback):
                 **figures,
             }
         )
-        if self.monitor is not None:
+        if self.monitor is not None and trainer.is_global_zero:
             timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
             budget = timer.time_remaining() if timer is not None else None
             line = progress_line(self.rows, self.monitor, self.mode, trainer.max_epochs, budget)

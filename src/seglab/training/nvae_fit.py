@@ -3,26 +3,25 @@ ground-truth masks, the Optuna search's trials, the correctors trained from pred
 
 :func:`train_nvae_model` fits on ``train``/``val`` tensors (:func:`seglab.data.acdcseg.
 nvae_tensors`) with best/last checkpoints in a folder, resuming from its ``last.ckpt``; extra
-Lightning callbacks (an Optuna pruner) go in as they are. A diverging loss raises
+Lightning callbacks (an Optuna pruner) go in as they are. The fitting itself is
+:func:`seglab.training.fit.fit`, the loop every trainer shares. A diverging loss raises
 :class:`~seglab.models.nvae.KLDivergenceError` (one line naming the step and the KL terms).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from seglab.config import NvaeParams, TrainerParams
 from seglab.errors import ConfigError
 from seglab.training.datamodule import TensorDataModule
-from seglab.training.fit import RunLogger, apply_speedups, make_trainer, seed
-from seglab.training.history import EpochHistory
-from seglab.training.nvae_module import MONITOR, NvaeModule, val_loss_checkpoint
+from seglab.training.fit import apply_speedups, fit, seed
+from seglab.training.nvae_module import MONITOR, NvaeModule
 
 
 @dataclass(frozen=True)
@@ -88,8 +87,6 @@ def train_nvae_model(
         )
     if run_id is not None and tracking_uri is None:
         raise ValueError("run_id needs the tracking_uri of the store that holds the run")
-    checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     seed(trainer)
     module = NvaeModule(nvae, image_size or int(inputs.shape[-1]))
     datamodule = TensorDataModule(
@@ -97,43 +94,32 @@ def train_nvae_model(
         batch_size=trainer.batch_size,
         seed=trainer.seed,
     )
-    checkpoint, history = val_loss_checkpoint(checkpoint_dir), EpochHistory(MONITOR, "min")
-    all_callbacks: list[Callback] = [checkpoint, history, *callbacks]
-    if trainer.early_stopping_patience is not None:
-        all_callbacks.append(
-            EarlyStopping(monitor=MONITOR, mode="min", patience=trainer.early_stopping_patience)
-        )
-    logger = False
-    if run_id is not None:
-        logger = RunLogger(run_id=run_id, tracking_uri=tracking_uri, log_model=False)
-    pl_trainer = make_trainer(
+    if init_state is not None and not (Path(checkpoint_dir) / "last.ckpt").is_file():
+        load_matching(module.model, init_state)
+    fitted = fit(
+        module,
+        datamodule,
         trainer,
-        callbacks=all_callbacks,
-        logger=logger,
-        root_dir=checkpoint_dir,
+        checkpoint_dir,
+        monitor=MONITOR,
+        mode="min",
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        callbacks=callbacks,
         log_every_n_steps=log_every_n_steps,
         progress_bar=progress_bar,
     )
-    last = checkpoint_dir / "last.ckpt"
-    resumed_from = last if last.is_file() else None
-    if init_state is not None and resumed_from is None:
-        load_matching(module.model, init_state)
-    start = time.perf_counter()
-    pl_trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from)
-    seconds = time.perf_counter() - start
-    best_path = Path(checkpoint.best_model_path)
-    best = NvaeModule.load_from_checkpoint(best_path, map_location="cpu").eval()
+    best = NvaeModule.load_from_checkpoint(fitted.best_path, map_location="cpu").eval()
     apply_speedups(best, trainer.channels_last, compile=False)  # evaluation runs in its format
-    score = checkpoint.best_model_score
     return NvaeFit(
         module=best,
-        best_path=best_path,
-        best_val_loss=float(score) if score is not None else None,
-        last_path=last,
-        epochs=pl_trainer.current_epoch,
-        history=tuple(history.rows),
-        fit_seconds=seconds,
-        resumed_from=resumed_from,
+        best_path=fitted.best_path,
+        best_val_loss=fitted.best_score,
+        last_path=fitted.last_path,
+        epochs=fitted.epochs,
+        history=fitted.history,
+        fit_seconds=fitted.train_seconds,
+        resumed_from=fitted.resumed_from,
     )
 
 

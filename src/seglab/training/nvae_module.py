@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from seglab.config import NvaeParams
@@ -33,13 +31,6 @@ from seglab.models.nvae import Nvae, NvaeOutput, SpectralRegularizer, kl_coeffic
 from seglab.training.scores import EpochOverlap
 
 MONITOR = "val_loss"
-
-
-def val_loss_checkpoint(dirpath: str | Path | None = None) -> ModelCheckpoint:
-    """Keeps the lowest-``val_loss`` checkpoint (``best.ckpt``) and ``last.ckpt`` for resuming."""
-    return ModelCheckpoint(
-        dirpath=dirpath, filename="best", monitor=MONITOR, mode="min", save_last=True
-    )
 
 
 class NvaeModule(L.LightningModule):
@@ -101,6 +92,7 @@ class NvaeModule(L.LightningModule):
             on_step=False,
             on_epoch=True,
             batch_size=n,
+            sync_dist=True,
         )
         labels = target.argmax(dim=1) if target.dim() == out.logits.dim() else target
         self.overlap.add(out.logits.argmax(dim=1), labels)
@@ -116,7 +108,7 @@ class NvaeModule(L.LightningModule):
         classes = range(1, self.params.num_classes)
         scores = {f"val_dice_{LABELS.get(c, f'class{c}').lower()}": dice[c - 1] for c in classes}
         scores["val_dice_mean"] = dice.nanmean()
-        self.log_dict(scores)
+        self.log_dict(scores, sync_dist=True)  # already reduced: the same on every process
 
     def configure_gradient_clipping(
         self,

@@ -185,7 +185,9 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         image, label = batch
         loss = self.loss(self(image).float(), self._target(label))
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(image))
+        self.log(
+            "train_loss", loss, on_step=False, on_epoch=True, batch_size=len(image), sync_dist=True
+        )
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -194,7 +196,8 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         image, label = batch
         logits = self(image).float()
-        self.log("val_loss", self.loss(logits, self._target(label)), batch_size=len(image))
+        loss = self.loss(logits, self._target(label))
+        self.log("val_loss", loss, batch_size=len(image), sync_dist=True)
         self.overlap.add(self.labels(logits), label[:, 0] if label.ndim == 4 else label)
 
     def on_validation_epoch_end(self) -> None:
@@ -210,7 +213,7 @@ class SegmentationModule(L.LightningModule):
             for name, value in zip(self.class_names, per_class, strict=True):
                 metrics[f"val_{key}_{name}"] = value
             metrics[f"val_{key}_mean"] = per_class.nanmean()
-        self.log_dict(metrics)
+        self.log_dict(metrics, sync_dist=True)  # already reduced: the same on every process
 
     def predict_step(self, batch: Sequence[Tensor] | Tensor, batch_idx: int) -> Tensor:
         """Label maps ``[B, H, W]`` (uint8) of a batch of images (or ``(image, ...)`` tuples)."""
