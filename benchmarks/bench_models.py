@@ -57,10 +57,10 @@ from seglab.data.store import load_split
 from seglab.errors import SeglabError
 from seglab.models.segmenters import ARCHS, parameter_count, weights_mb
 from seglab.stages import lgg as lgg_stage
-from seglab.stages import segmenters as seg_stage
 from seglab.training.fit import apply_speedups
 from seglab.training.nvae_fit import train_nvae_model
 from seglab.training.nvae_module import NvaeModule
+from seglab.training.segmenters import new_module
 
 Family = Literal["segmenter", "nvae", "lgg"]
 #: The study's context NVAE: 3-gram input (previous, current, next mask), beta (1, 1, 5).
@@ -156,7 +156,7 @@ def model_specs(cardiac: CardiacParams, brain: BrainParams) -> dict[str, ModelSp
         arch: ModelSpec(
             arch,
             "segmenter",
-            lambda arch=arch: seg_stage.new_module(arch, cardiac.segmenters),
+            lambda arch=arch: new_module(arch, cardiac.segmenters),
             lambda n: _segmenter_batch(n, size),
         )
         for arch in ARCHS

@@ -31,11 +31,12 @@ import yaml
 
 from seglab.config import CardiacParams, load_params
 from seglab.data.store import load_split
+from seglab.evaluation.segmentation import evaluate
 from seglab.inference.segment import load_segmenter, predict_labels
 from seglab.io import write_json
 from seglab.metrics.overlap import STRUCTURES, Case, overlap
 from seglab.stages.artifacts import checkpoint_path
-from seglab.stages.segmenters import choose_postprocess, evaluate
+from seglab.stages.segmenters import choose_postprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 

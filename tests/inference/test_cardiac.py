@@ -18,7 +18,7 @@ from seglab.errors import DataError
 from seglab.inference.cardiac import Chain, default_outputs, patient_images, segment_images
 from seglab.inference.segment import open_segmenter
 from seglab.metrics.clinical import INDICES
-from seglab.stages.segmenters import new_module
+from seglab.training.segmenters import new_module
 
 
 @pytest.fixture(scope="module")

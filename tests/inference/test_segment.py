@@ -10,7 +10,7 @@ import torch
 from seglab.config import SegmentersParams, SegmenterTrainParams, TrainerParams
 from seglab.errors import DataError
 from seglab.inference.segment import context_of, load_segmenter, postprocess_of
-from seglab.stages.segmenters import new_module
+from seglab.training.segmenters import new_module
 
 
 def test_bad_checkpoints_are_one_line_errors(tmp_path: Path) -> None:

@@ -29,10 +29,10 @@ from seglab.data.phantom.acdc import write_acdc_phantom
 from seglab.errors import SeglabError
 from seglab.inference.cardiac import patient_images
 from seglab.inference.served import PIPELINE, decode, register_pipeline
-from seglab.stages.segmenters import new_module
 from seglab.tracking import log_metrics, set_tags, tracked_run
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import CHAMPION, evaluation_tags
+from seglab.training.segmenters import new_module
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_PATIENT = ROOT.parent / "shared" / "data" / "acdc" / "database" / "training" / "patient001"

@@ -38,8 +38,9 @@ from seglab.errors import DataError
 from seglab.inference.segment import image_tensor, load_segmenter
 from seglab.stages.acdcseg import build_acdcseg, build_trigram
 from seglab.stages.artifacts import checkpoint_path
-from seglab.stages.segmenters import _save_crossfit, new_module
+from seglab.stages.segmenters import _save_crossfit
 from seglab.training.datamodule import TensorDataModule
+from seglab.training.segmenters import new_module
 
 SIZE = 16
 

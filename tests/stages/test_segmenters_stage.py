@@ -32,19 +32,18 @@ from seglab.data.phantom.masks import heart_masks
 from seglab.data.prepare_acdc import prepare_acdc
 from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.evaluation.segmentation import TEST_KEYS, evaluate
 from seglab.inference.postprocess import METHODS, MIN_PIXELS
 from seglab.inference.segment import context_of, load_segmenter, postprocess_of, predict_labels
 from seglab.metrics.anatomy import check_slices
 from seglab.stages.artifacts import load_crossfit
 from seglab.stages.segmenters import (
     EXPERIMENT,
-    TEST_KEYS,
-    evaluate,
-    new_module,
     patient_folds,
     registered_name,
     train_segmenter,
 )
+from seglab.training.segmenters import new_module
 
 
 def _meta(groups: dict[str, str]) -> pd.DataFrame:

@@ -43,13 +43,11 @@ from seglab.config import CardiacParams, SegmentersParams, TrainerParams
 from seglab.data.splits import SPLITS
 from seglab.data.store import SliceSet
 from seglab.errors import ConfigError, SeglabError
+from seglab.evaluation.segmentation import TEST_KEYS, VOLUME_KEYS, dice_mean, evaluate
 from seglab.inference.postprocess import Method, choose
 from seglab.inference.segment import context_of, image_tensor, load_segmenter, predict_labels
 from seglab.io import atomic_file, write_record
-from seglab.metrics.emptied import EMPTIED_KEYS, check_against
-from seglab.metrics.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
-from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap, volume_dice
-from seglab.models.segmenters import ARCHS, build_segmenter, parameter_count, weights_mb
+from seglab.models.segmenters import ARCHS, parameter_count, weights_mb
 from seglab.stages.artifacts import INSAMPLE, checkpoint_path, crossfit_path, load_prepared
 from seglab.stages.common import work_folder
 from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, set_tags, tracked_run
@@ -60,19 +58,13 @@ from seglab.training.fit import (
     FitResult,
     export_checkpoint,
     fit,
-    seed,
 )
 from seglab.training.history import write_curves
 from seglab.training.segmentation_module import SegmentationModule
+from seglab.training.segmenters import MONITOR, new_module
 
 EXPERIMENT = "acdc-segmenters"
 DATASET = "acdc_prepared"
-CLASS_NAMES = dict(zip(STRUCTURE_LABELS, STRUCTURES, strict=True))
-MONITOR = "val_dice_mean"
-#: Test figures logged to every run, under the same keys for every architecture.
-TEST_KEYS = (*OVERLAP_KEYS, "anatomical_validity", *EMPTIED_KEYS)
-#: The same Dice pooled per 3D volume (the ACDC challenge's measure), beside the per-slice one.
-VOLUME_KEYS = ("dice3d_mean", "dice3d_lv", "dice3d_myo", "dice3d_rv")
 
 
 def registered_name(arch: str) -> str:
@@ -103,33 +95,6 @@ def _tensors(slices: SliceSet, context: int) -> tuple[torch.Tensor, torch.Tensor
     return image_tensor(slices, context), torch.from_numpy(slices.label)
 
 
-def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
-    """An untrained segmenter of ``arch`` in the shared training module, initialised from the
-    training's seed."""
-    net_params = getattr(params.nets, arch)
-    train = params.train_for(arch)
-    seed(train.trainer)
-    return SegmentationModule(
-        build_segmenter(arch, params.nets, in_channels=1 + 2 * train.context_slices),
-        NUM_LABELS,
-        lr=train.lr,
-        loss=train.loss,
-        batch_dice=train.batch_dice,
-        optimizer=train.optimizer,
-        weight_decay=train.weight_decay,
-        schedule=train.schedule,
-        warmup_epochs=train.warmup_epochs,
-        class_names=CLASS_NAMES,
-        monitor=MONITOR,
-        augment=train.augment,
-        hparams={
-            "arch": arch,
-            "net_params": net_params.model_dump(mode="json"),
-            "context_slices": train.context_slices,
-        },
-    )
-
-
 def choose_postprocess(
     module: SegmentationModule, val: SliceSet, trainer: TrainerParams, seg: SegmentersParams
 ) -> tuple[tuple[Method, int], dict[str, float]]:
@@ -138,34 +103,7 @@ def choose_postprocess(
     if seg.postprocess != "auto":
         return (seg.postprocess, seg.postprocess_min_pixels), {}
     pred = predict_labels(module, val, trainer, raw=True)
-    return choose(
-        pred, lambda p: summarize_overlap(overlap(p, val.label, val.spacing))["dice_mean"]
-    )
-
-
-def evaluate(pred: np.ndarray, slices: SliceSet) -> dict[str, Any]:
-    """Dice, HD95 (mm, at each slice's spacing) and anatomical validity of predictions.
-
-    A prediction that is all background where the ground truth shows a heart is never valid and
-    is counted apart (``emptied``, and ``emptied_fraction`` of the slices with a heart).
-    The :data:`TEST_KEYS` figures come first, then the volume Dice (:data:`VOLUME_KEYS`); the
-    rest of the overlap summary (absent-structure case counts) follows for the metrics file.
-    """
-    summary = summarize_overlap(overlap(pred, slices.label, slices.spacing))
-    checked = check_against(pred, slices.label, slices.spacing).summary()
-    figures = {**summary, **{k: checked[k] for k in ("anatomical_validity", *EMPTIED_KEYS)}}
-    volumes = volume_dice(pred, slices.label, volume_ids(slices))
-    return (
-        {key: figures[key] for key in TEST_KEYS}
-        | volumes
-        | {key: value for key, value in figures.items() if key not in TEST_KEYS}
-    )
-
-
-def volume_ids(slices: SliceSet) -> np.ndarray:
-    """One id per 3D volume (patient and frame) for :func:`~seglab.metrics.overlap.volume_dice`."""
-    meta = slices.meta
-    return (meta["patient"].astype(str) + "/" + meta["frame"].astype(str)).to_numpy()
+    return choose(pred, lambda p: dice_mean(p, val))
 
 
 def patient_folds(meta: pd.DataFrame, folds: int, seed: int) -> dict[str, int]:

@@ -1,0 +1,48 @@
+"""Test figures of a segmenter's predictions on a prepared split: per-slice Dice and HD95,
+anatomical validity, empty masks counted apart, and the Dice pooled per 3D volume. One function
+for the training stage, the benchmarks and the GPU run, so each reports the same keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from seglab.data.store import SliceSet
+from seglab.metrics.emptied import EMPTIED_KEYS, check_against
+from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap, volume_dice
+
+#: Test figures logged to every run, under the same keys for every architecture.
+TEST_KEYS = (*OVERLAP_KEYS, "anatomical_validity", *EMPTIED_KEYS)
+#: The same Dice pooled per 3D volume (the ACDC challenge's measure), beside the per-slice one.
+VOLUME_KEYS = ("dice3d_mean", "dice3d_lv", "dice3d_myo", "dice3d_rv")
+
+
+def evaluate(pred: np.ndarray, slices: SliceSet) -> dict[str, Any]:
+    """Dice, HD95 (mm, at each slice's spacing) and anatomical validity of predictions.
+
+    A prediction that is all background where the ground truth shows a heart is never valid and
+    is counted apart (``emptied``, and ``emptied_fraction`` of the slices with a heart).
+    The :data:`TEST_KEYS` figures come first, then the volume Dice (:data:`VOLUME_KEYS`); the
+    rest of the overlap summary (absent-structure case counts) follows for the metrics file.
+    """
+    summary = summarize_overlap(overlap(pred, slices.label, slices.spacing))
+    checked = check_against(pred, slices.label, slices.spacing).summary()
+    figures = {**summary, **{k: checked[k] for k in ("anatomical_validity", *EMPTIED_KEYS)}}
+    volumes = volume_dice(pred, slices.label, volume_ids(slices))
+    return (
+        {key: figures[key] for key in TEST_KEYS}
+        | volumes
+        | {key: value for key, value in figures.items() if key not in TEST_KEYS}
+    )
+
+
+def dice_mean(pred: np.ndarray, slices: SliceSet) -> float:
+    """The per-slice mean Dice alone (what a clean-up is chosen on)."""
+    return float(summarize_overlap(overlap(pred, slices.label, slices.spacing))["dice_mean"])
+
+
+def volume_ids(slices: SliceSet) -> np.ndarray:
+    """One id per 3D volume (patient and frame) for :func:`~seglab.metrics.overlap.volume_dice`."""
+    meta = slices.meta
+    return (meta["patient"].astype(str) + "/" + meta["frame"].astype(str)).to_numpy()

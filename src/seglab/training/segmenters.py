@@ -1,0 +1,42 @@
+"""The cardiac segmenter as every trainer builds it: a network of ``segmenters.nets`` in the
+shared :class:`~seglab.training.segmentation_module.SegmentationModule`, with the training
+recipe of ``segmenters.train_for(arch)`` (the stage, the benchmarks and the GPU run alike)."""
+
+from __future__ import annotations
+
+from seglab.config import SegmentersParams
+from seglab.metrics.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
+from seglab.models.segmenters import build_segmenter
+from seglab.training.fit import seed
+from seglab.training.segmentation_module import SegmentationModule
+
+CLASS_NAMES = dict(zip(STRUCTURE_LABELS, STRUCTURES, strict=True))
+#: What checkpoints, early stopping and progress lines watch.
+MONITOR = "val_dice_mean"
+
+
+def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
+    """An untrained segmenter of ``arch`` in the shared training module, initialised from the
+    training's seed."""
+    net_params = getattr(params.nets, arch)
+    train = params.train_for(arch)
+    seed(train.trainer)
+    return SegmentationModule(
+        build_segmenter(arch, params.nets, in_channels=1 + 2 * train.context_slices),
+        NUM_LABELS,
+        lr=train.lr,
+        loss=train.loss,
+        batch_dice=train.batch_dice,
+        optimizer=train.optimizer,
+        weight_decay=train.weight_decay,
+        schedule=train.schedule,
+        warmup_epochs=train.warmup_epochs,
+        class_names=CLASS_NAMES,
+        monitor=MONITOR,
+        augment=train.augment,
+        hparams={
+            "arch": arch,
+            "net_params": net_params.model_dump(mode="json"),
+            "context_slices": train.context_slices,
+        },
+    )
