@@ -14,6 +14,7 @@ from scipy.stats import mannwhitneyu
 
 from seglab.config import AcdcDataParams, AcdcPrepareParams, CorrectionReportParams, SplitParams
 from seglab.data.acdcseg import acdcseg_rows, concat
+from seglab.data.labels import LV, MYO, RV
 from seglab.data.phantom.acdc import write_acdc_phantom
 from seglab.data.prepare_acdc import prepare_acdc
 from seglab.data.store import load_split
@@ -21,7 +22,6 @@ from seglab.evaluation.correction import mask_agreement
 from seglab.evaluation.correction_report import correction_report
 from seglab.io import write_json
 from seglab.metrics.anatomy import check_slices
-from seglab.metrics.labels import LV, MYO, RV
 from seglab.metrics.overlap import overlap, summarize_overlap
 
 SIZE = 48

@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from torch.nn import functional as F
 
 from seglab.config import NvaeParams
+from seglab.data.labels import LV
 from seglab.data.phantom.masks import heart_masks
 from seglab.evaluation.nvae_report import (
     KEYS,
@@ -20,7 +21,6 @@ from seglab.evaluation.nvae_report import (
     samples_figure,
 )
 from seglab.metrics.anatomy import check_slices
-from seglab.metrics.labels import LV
 from seglab.models.nvae import Nvae
 from seglab.training.nvae_module import NvaeModule
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from seglab.data.labels import LV, MYO, RV
 from seglab.inference.postprocess import METHODS, MIN_PIXELS, choose, drop_small, postprocess
-from seglab.metrics.labels import LV, MYO, RV
 
 
 def _mask() -> np.ndarray:

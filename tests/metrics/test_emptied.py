@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from seglab.data.labels import LV
 from seglab.data.phantom.masks import heart_masks
 from seglab.metrics.anatomy import check_slices
 from seglab.metrics.emptied import check_against, emptied
-from seglab.metrics.labels import LV
 
 SPACING = (1.5, 1.5)
 

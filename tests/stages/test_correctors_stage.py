@@ -19,10 +19,10 @@ from mlflow.exceptions import MlflowException
 from seglab.cli import main
 from seglab.config import CardiacParams, NvaeParams, load_params
 from seglab.data.acdcseg import acdcseg_rows, concat, trigram_rows
+from seglab.data.labels import LV, RV
 from seglab.data.phantom.masks import heart_masks
 from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import DataError
-from seglab.metrics.labels import LV, RV
 from seglab.stages import correctors
 from seglab.stages.artifacts import load_predictions
 from seglab.stages.correction_report import provenance

@@ -25,11 +25,12 @@ from nibabel.imageglobals import LoggingOutputSuppressor
 from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
+from seglab.data.labels import BACKGROUND, LV, MYO, RV
 from seglab.data.source import Node, one_line, open_source, read_bytes, subdirs
 from seglab.errors import DataError
 
 PHASES = ("ED", "ES")
-LABELS = {0: "background", 1: "RV", 2: "MYO", 3: "LV"}
+LABELS = {BACKGROUND: "background", RV: "RV", MYO: "MYO", LV: "LV"}
 GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
 SUBSETS = ("training", "testing")
 INFO_KEYS = ("ED", "ES", "Group", "Height", "NbFrame", "Weight")

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from seglab.data.preprocess import NUM_CLASSES
+from seglab.data.labels import NUM_LABELS
 from seglab.data.store import SliceSet, load_split, neighbour_rows
 from seglab.errors import ConfigError, DataError, SeglabError
 
@@ -98,7 +98,7 @@ def onehot(labels: Tensor | np.ndarray, dtype: torch.dtype = torch.float32) -> T
         tensor = torch.from_numpy(labels.astype(np.int64))
     else:
         tensor = torch.as_tensor(labels).long()
-    hot = F.one_hot(tensor, NUM_CLASSES).to(dtype)  # [..., H, W, 4]
+    hot = F.one_hot(tensor, NUM_LABELS).to(dtype)  # [..., H, W, 4]
     if tensor.ndim == 3:
         return hot.permute(0, 3, 1, 2)
     return hot.permute(0, 1, 4, 2, 3).flatten(1, 2)

@@ -17,8 +17,7 @@ from scipy import ndimage
 
 from seglab.config import AcdcPrepareParams
 from seglab.data.acdc import AcdcFrame
-
-NUM_CLASSES = 4
+from seglab.data.labels import NUM_LABELS
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def resample_and_crop(
 def one_hot(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """[N, H, W] labels -> [N, 4, H, W] float one-hot (channel 0 background, 1 RV, 2 MYO, 3 LV)."""
     tensor = torch.as_tensor(labels).long()
-    return torch.nn.functional.one_hot(tensor, NUM_CLASSES).permute(0, 3, 1, 2).float()
+    return torch.nn.functional.one_hot(tensor, NUM_LABELS).permute(0, 3, 1, 2).float()
 
 
 def voxel_affine(frame: AcdcFrame) -> np.ndarray:

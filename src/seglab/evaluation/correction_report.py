@@ -41,12 +41,12 @@ from matplotlib.figure import Figure
 from monai.metrics import compute_roc_auc
 
 from seglab.config import CorrectionReportParams
+from seglab.data.labels import NUM_LABELS, STRUCTURES
 from seglab.evaluation.nvae_report import _legend, _show
 from seglab.io import atomic_dir
 from seglab.metrics.anatomy import CRITERIA
 from seglab.metrics.clinical import INDICES, clinical_errors, clinical_indices
 from seglab.metrics.emptied import ValidityResult, check_against
-from seglab.metrics.labels import NUM_LABELS, STRUCTURES
 from seglab.metrics.overlap import OverlapResult, overlap, summarize_overlap
 
 BEFORE = "before"

@@ -31,9 +31,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torch import Tensor
 
+from seglab.data.labels import NUM_LABELS, RV, STRUCTURE_LABELS, STRUCTURES
 from seglab.metrics.anatomy import check_slices
 from seglab.metrics.emptied import EMPTIED_KEYS, check_against
-from seglab.metrics.labels import NUM_LABELS, RV, STRUCTURE_LABELS, STRUCTURES
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.nvae import Nvae
 from seglab.training.fit import default_eval_batch

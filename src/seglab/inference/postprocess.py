@@ -34,7 +34,7 @@ import torch
 from monai.transforms import KeepLargestConnectedComponent
 from scipy import ndimage
 
-from seglab.metrics.labels import STRUCTURE_LABELS
+from seglab.data.labels import STRUCTURE_LABELS
 
 Method = Literal["none", "heart", "structures"]
 METHODS: tuple[Method, ...] = get_args(Method)

@@ -21,8 +21,6 @@ from seglab.data.store import SliceSet, image_context
 from seglab.errors import DataError
 from seglab.inference.postprocess import Method, postprocess
 from seglab.models.segmenters import build_segmenter
-from seglab.tracking.models import input_shape
-from seglab.tracking.registry import best_champion, load_model, resolve_version, version_run_tags
 from seglab.training.fit import inference_batch, predict
 from seglab.training.segmentation_module import SegmentationModule
 
@@ -123,6 +121,15 @@ def open_segmenter(ref: str, tracking: TrackingParams, root: Path) -> Segmenter:
     """The segmenter behind ``ref``: a checkpoint path (``models/segmenters/attunet.ckpt``), a
     registry URI (``models:/acdc-segmenter-attunet@champion``), or ``best``: the champion of the
     four with the best test Dice in the registry."""
+    # The registry only when asked: predicting from a checkpoint needs no MLflow (a GPU run).
+    from seglab.tracking.models import input_shape
+    from seglab.tracking.registry import (
+        best_champion,
+        load_model,
+        resolve_version,
+        version_run_tags,
+    )
+
     if ref == "best":
         ref = best_champion(SEGMENTER_PREFIX, tracking, root)
     if not _URI.match(ref):

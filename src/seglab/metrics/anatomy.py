@@ -74,8 +74,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
+from seglab.data.labels import BACKGROUND, LV, MYO, NUM_LABELS, RV
 from seglab.errors import DataError
-from seglab.metrics.labels import BACKGROUND, LV, MYO, NUM_LABELS, RV
 
 CRITERIA: tuple[str, ...] = (
     "holes_in_lv",

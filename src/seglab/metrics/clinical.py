@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from seglab.metrics.labels import LV, MYO, RV
+from seglab.data.labels import LV, MYO, RV
 
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from seglab.data.labels import BACKGROUND
 from seglab.metrics.anatomy import AnatomyResult, check_slices
-from seglab.metrics.labels import BACKGROUND
 
 EMPTIED = "emptied"
 EMPTIED_FRACTION = "emptied_fraction"

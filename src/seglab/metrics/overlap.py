@@ -38,7 +38,7 @@ from monai.metrics import compute_dice
 from monai.metrics.utils import get_surface_distance
 from scipy import ndimage
 
-from seglab.metrics.labels import BACKGROUND, LV, MYO, NUM_LABELS, RV, STRUCTURE_LABELS, STRUCTURES
+from seglab.data.labels import BACKGROUND, LV, MYO, NUM_LABELS, RV, STRUCTURE_LABELS, STRUCTURES
 
 __all__ = [
     "BACKGROUND",

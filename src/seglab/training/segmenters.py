@@ -5,7 +5,7 @@ recipe of ``segmenters.train_for(arch)`` (the stage, the benchmarks and the GPU 
 from __future__ import annotations
 
 from seglab.config import SegmentersParams
-from seglab.metrics.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
+from seglab.data.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
 from seglab.models.segmenters import build_segmenter
 from seglab.training.fit import seed
 from seglab.training.segmentation_module import SegmentationModule
