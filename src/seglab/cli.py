@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seglab.errors import SeglabError, WorkerFinished
+from seglab.variants import CORRECTORS, SEARCH_TARGETS
 
 if TYPE_CHECKING:
     from seglab.config import CardiacParams, TrackingParams
@@ -520,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     corrector.add_argument(
         "--variant",
         required=True,
-        choices=["nvae", "context"],
+        choices=list(CORRECTORS),
         help="nvae: from single predicted masks (ACDCSeg); context: from their 3-gram",
     )
     corrector.add_argument("--params", help="params file (default: params.yaml)")
@@ -637,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
         "an MLflow run of experiment acdc-nvae-search, the best becomes a challenger",
     )
     nvae_search.add_argument(
-        "--target", choices=["gt", "corrector", "context"], help="default: search.target"
+        "--target", choices=list(SEARCH_TARGETS), help="default: search.target"
     )
     nvae_search.add_argument(
         "--storage",

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from seglab.errors import ConfigError
+from seglab.variants import CORRECTORS, SEARCH_TARGETS
 
 
 class Section(BaseModel):
@@ -231,9 +232,6 @@ class NvaeStageParams(Section):
     work: str = "data/work/nvae"  # checkpoints of an unfinished training (resumed), then removed
 
 
-SegmenterArch = Literal["unet", "resunet", "attunet", "swinunetr"]
-
-
 class AugmentParams(Section):
     """Per-sample random flips and a small affine, applied to whole batches on the device."""
 
@@ -269,10 +267,6 @@ class UNetParams(Section):
             )
         return self
 
-    def monai_strides(self) -> tuple[int, ...]:
-        """``strides``, or 2 at every level."""
-        return self.strides or (2,) * (len(self.channels) - 1)
-
 
 class ResUNetParams(UNetParams):
     """The study's ResUNet: a MONAI ``UNet`` with two residual units per block."""
@@ -307,6 +301,11 @@ class SegmenterNetsParams(Section):
     swinunetr: SwinUnetrParams = SwinUnetrParams()
 
 
+#: The architectures' names: the fields of ``segmenters.nets`` (a new architecture is a field
+#: there and a builder in ``seglab.models.segmenters.BUILDERS``).
+SegmenterArch = Literal[tuple(SegmenterNetsParams.model_fields)]  # type: ignore[valid-type]
+
+
 class SegmenterTrainParams(Section):
     """How every segmenter is trained: MONAI Dice + cross-entropy, Adam at 1e-3 (the study's).
 
@@ -334,7 +333,7 @@ class SegmenterTrainParams(Section):
 class SegmentersParams(Section):
     """The four ACDC segmenters: which to train, their sizes, training, and where outputs go."""
 
-    archs: tuple[SegmenterArch, ...] = ("unet", "resunet", "attunet", "swinunetr")
+    archs: tuple[SegmenterArch, ...] = tuple(SegmenterNetsParams.model_fields)
     models: str = "models/segmenters"  # <arch>.ckpt (best validation Dice), <arch>.crossfit.npz
     metrics: str = "metrics/segmenters"  # <arch>.json test metrics, <arch>.crossfit.json
     work: str = "data/work/segmenters"  # last.ckpt of an unfinished training, to resume it
@@ -417,7 +416,7 @@ class SearchGridParams(Section):
     kl_warmup_steps: tuple[int, ...] = ()
 
 
-SearchTarget = Literal["gt", "corrector", "context"]
+SearchTarget = Literal[tuple(SEARCH_TARGETS)]  # type: ignore[valid-type]
 
 
 class SearchParams(Section):
@@ -468,7 +467,7 @@ class SearchParams(Section):
     work: str = "data/work/search"  # per-trial checkpoints while the study runs
 
 
-CorrectorVariant = Literal["nvae", "context"]
+CorrectorVariant = Literal[tuple(CORRECTORS)]  # type: ignore[valid-type]
 
 
 class CorrectorParams(Section):
@@ -516,11 +515,11 @@ class CorrectorsParams(Section):
     def _channels(self) -> CorrectorsParams:
         # A partial `context.model` falls back to NvaeParams' defaults (4 channels), not to this
         # section's 12: say so instead of failing later on the data's shape.
-        for variant, channels in (("nvae", 4), ("context", 12)):
-            got = getattr(self, variant).model.in_channels
+        for variant in CORRECTORS.values():
+            got, channels = getattr(self, variant.name).model.in_channels, variant.in_channels
             if got != channels:
                 raise ValueError(
-                    f"correctors.{variant}.model.in_channels must be {channels}, got {got}"
+                    f"correctors.{variant.name}.model.in_channels must be {channels}, got {got}"
                 )
         return self
 

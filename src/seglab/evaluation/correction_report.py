@@ -48,6 +48,7 @@ from seglab.metrics.anatomy import CRITERIA
 from seglab.metrics.clinical import INDICES, clinical_errors, clinical_indices
 from seglab.metrics.emptied import ValidityResult, check_against
 from seglab.metrics.overlap import OverlapResult, overlap, summarize_overlap
+from seglab.variants import CORRECTORS
 
 BEFORE = "before"
 #: Columns of ``meta`` the report needs.
@@ -64,8 +65,7 @@ META_COLUMNS = (
 #: The study's own figures (ACDCSeg test, 728 slices), shown next to ours in report.md.
 STUDY: dict[str, dict[str, float]] = {
     BEFORE: {"dice_mean": 0.8973},
-    "nvae": {"dice_mean": 0.8964, "improved": 75, "worsened": 42},
-    "context": {"dice_mean": 0.8577, "improved": 41, "worsened": 112},
+    **{name: variant.study for name, variant in CORRECTORS.items()},
 }
 STUDY_SLICES = 728
 DICE_KEYS = ("dice_mean", *(f"dice_{name}" for name in STRUCTURES))

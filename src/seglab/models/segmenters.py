@@ -8,6 +8,7 @@ product of a UNet's strides (``2 ** (levels - 1)`` by default; by 32 for SwinUNE
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import get_args
 
 import torch
@@ -17,6 +18,69 @@ from torch import nn
 from seglab.config import SegmenterArch, SegmenterNetsParams
 from seglab.errors import ConfigError
 
+
+def unet(
+    in_channels: int,
+    num_classes: int,
+    channels: tuple[int, ...],
+    strides: tuple[int, ...] | None = None,
+    residual_units: int = 0,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """MONAI ``UNet`` (``residual_units`` 2: the study's ResUNet); strides 2 at every level
+    unless given."""
+    return UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        channels=channels,
+        strides=strides or (2,) * (len(channels) - 1),
+        num_res_units=residual_units,
+        dropout=dropout,
+    )
+
+
+def attention_unet(
+    in_channels: int, num_classes: int, channels: tuple[int, ...], dropout: float = 0.0
+) -> nn.Module:
+    """MONAI ``AttentionUnet``, stride 2 at every level."""
+    return AttentionUnet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        channels=channels,
+        strides=(2,) * (len(channels) - 1),
+        dropout=dropout,
+    )
+
+
+def swin_unetr(
+    in_channels: int,
+    num_classes: int,
+    feature_size: int,
+    depths: tuple[int, ...],
+    num_heads: tuple[int, ...],
+) -> nn.Module:
+    """MONAI ``SwinUNETR`` in 2D."""
+    return SwinUNETR(
+        in_channels=in_channels,
+        out_channels=num_classes,
+        feature_size=feature_size,
+        depths=depths,
+        num_heads=num_heads,
+        spatial_dims=2,
+    )
+
+
+#: Every architecture by name (``segmenters.archs``, ``--arch``, DVC's foreach, the registered
+#: ``acdc-segmenter-<name>``): the builder its ``segmenters.nets.<name>`` section is passed to
+#: as keyword arguments.
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "unet": unet,
+    "resunet": unet,
+    "attunet": attention_unet,
+    "swinunetr": swin_unetr,
+}
 ARCHS: tuple[str, ...] = get_args(SegmenterArch)
 
 
@@ -24,38 +88,10 @@ def build_segmenter(
     arch: str, nets: SegmenterNetsParams, in_channels: int = 1, num_classes: int = 4
 ) -> nn.Module:
     """A freshly initialised network of architecture ``arch`` (one of :data:`ARCHS`)."""
-    if arch in ("unet", "resunet"):
-        p = nets.unet if arch == "unet" else nets.resunet
-        return UNet(
-            spatial_dims=2,
-            in_channels=in_channels,
-            out_channels=num_classes,
-            channels=p.channels,
-            strides=p.monai_strides(),
-            num_res_units=p.residual_units,
-            dropout=p.dropout,
-        )
-    if arch == "attunet":
-        a = nets.attunet
-        return AttentionUnet(
-            spatial_dims=2,
-            in_channels=in_channels,
-            out_channels=num_classes,
-            channels=a.channels,
-            strides=(2,) * (len(a.channels) - 1),
-            dropout=a.dropout,
-        )
-    if arch == "swinunetr":
-        s = nets.swinunetr
-        return SwinUNETR(
-            in_channels=in_channels,
-            out_channels=num_classes,
-            feature_size=s.feature_size,
-            depths=s.depths,
-            num_heads=s.num_heads,
-            spatial_dims=2,
-        )
-    raise ConfigError(f"unknown segmenter architecture '{arch}' (known: {', '.join(ARCHS)})")
+    if arch not in BUILDERS:
+        raise ConfigError(f"unknown segmenter architecture '{arch}' (known: {', '.join(ARCHS)})")
+    sizes = getattr(nets, arch).model_dump()
+    return BUILDERS[arch](in_channels, num_classes, **sizes)
 
 
 def parameter_count(net: nn.Module) -> int:

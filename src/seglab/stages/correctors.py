@@ -55,14 +55,7 @@ from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
 from seglab.training.fit import apply_speedups, eval_device, export_checkpoint
 from seglab.training.nvae_fit import train_nvae_model
-
-REGISTERED: dict[str, str] = {"nvae": "acdc-nvae-corrector", "context": "acdc-nvae-context"}
-#: Each variant's input source (``nvae_tensors``) and the stored array it reads.
-SOURCES: dict[str, tuple[str, str]] = {"nvae": ("pred", "pred"), "context": ("context", "context")}
-
-
-def _dataset(params: CardiacParams, variant: str) -> str:
-    return params.acdcseg.out if variant == "nvae" else params.acdcseg.trigram
+from seglab.variants import CORRECTORS, NvaeVariant
 
 
 def _load(folder: Path) -> dict[str, SliceSet]:
@@ -73,10 +66,10 @@ def _load(folder: Path) -> dict[str, SliceSet]:
     return splits
 
 
-def _current(slices: SliceSet, variant: str) -> np.ndarray:
+def _current(slices: SliceSet, variant: NvaeVariant) -> np.ndarray:
     """The segmenter's mask of each row (a 3-gram's middle map)."""
-    key = SOURCES[variant][1]
-    return slices.extra[key] if variant == "nvae" else slices.extra[key][:, 1]
+    stored = slices.extra[variant.source]
+    return stored[:, 1] if variant.source == "context" else stored
 
 
 def _figures(prefix: str, labels: np.ndarray, gt: np.ndarray, spacing: np.ndarray) -> dict:
@@ -104,14 +97,15 @@ def train_corrector(
 ) -> dict[str, Any]:
     """Train, apply, gate, log and register one corrector; returns its test figures as written
     to ``<metrics>/<variant>.json``."""
-    if variant not in REGISTERED:
-        raise ConfigError(f"unknown corrector variant '{variant}' (nvae, context)")
+    if variant not in CORRECTORS:
+        raise ConfigError(f"unknown corrector variant '{variant}' ({', '.join(CORRECTORS)})")
     cfg = params.correctors
     variant_cfg = getattr(cfg, variant)
+    kind = CORRECTORS[variant]
     root = Path(root)
-    dataset = _dataset(params, variant)
+    dataset = kind.folder(params)
     splits = _load(root / dataset)
-    source, _ = SOURCES[variant]
+    source = kind.source
     # One-hot uint8: 4x smaller than floats (ACDCSeg's train split holds every segmenter's rows);
     # the model scales its inputs itself.
     tensors = {s: nvae_tensors(rows, source, torch.uint8) for s, rows in splits.items()}
@@ -128,7 +122,7 @@ def train_corrector(
         f"{variant}-{run_name(model)}",
         root=root,
         params={"profile": params.profile, "corrector": variant_cfg, "gate": cfg.gate},
-        datasets={"acdcseg" if variant == "nvae" else "acdc3gram": Path(dataset)},
+        datasets={kind.dataset: Path(dataset)},
         params_file=params_file,
         tags={"variant": variant, "source": source, "role": "corrector"},
         resume=work,
@@ -149,8 +143,8 @@ def train_corrector(
             raise
         test = splits["test"]
         device, batch = eval_device(variant_cfg.trainer), variant_cfg.trainer.eval_batch_size
-        stored = test.extra[SOURCES[variant][1]]
-        before = _current(test, variant)
+        stored = test.extra[source]
+        before = _current(test, kind)
         after = correct(fitted.module, stored, batch_size=batch, device=device)
         spacing = test.spacing
         # Judged as `seglab correct` judges them, without ground truth: an output that erases
@@ -183,7 +177,7 @@ def train_corrector(
         )
         version = log_and_register(
             NvaeReconstructor(net),
-            REGISTERED[variant],
+            kind.registered,
             tensors["test"][0][:2].float().numpy(),
             tags={
                 **evaluation_tags("test", data_md5),
@@ -198,7 +192,7 @@ def train_corrector(
         set_alias(
             params.tracking,
             root,
-            REGISTERED[variant],
+            kind.registered,
             CHALLENGER,
             str(version.version),
             reason=f"trained by train_corrector@{variant}",
@@ -225,7 +219,7 @@ def train_corrector(
             "epochs": fitted.epochs,
             "best_val_loss": fitted.best_val_loss,
             "run_id": run.info.run_id,
-            "registered_model": REGISTERED[variant],
+            "registered_model": kind.registered,
             "model_version": version.version,
         }
         write_record(root / cfg.metrics / f"{variant}.json", result)

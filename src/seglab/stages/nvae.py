@@ -72,9 +72,9 @@ from seglab.training.fit import (
 )
 from seglab.training.history import write_curves
 from seglab.training.nvae_fit import train_nvae_model
+from seglab.variants import GT
 
 EXPERIMENT = "acdc-nvae"
-REGISTERED_NAME = "acdc-nvae"
 DATASET = "acdc_prepared"
 METRICS = "nvae.json"
 CURVES = "curves.csv"
@@ -127,7 +127,7 @@ def train_nvae(
             )
     uri = configure(params.tracking, root)
     data_md5 = str(dvc_hash(Path(params.acdc.prepared), root))
-    tensors = {split: nvae_tensors(slices, "gt") for split, slices in splits.items()}
+    tensors = {split: nvae_tensors(slices, GT.source) for split, slices in splits.items()}
     work = nvae_work_dir(cfg, root, data_md5)
     run_params = {"profile": params.profile, "nvae": cfg, "prepare": params.acdc.prepare}
     with tracked_run(
@@ -138,7 +138,7 @@ def train_nvae(
         params=run_params,
         datasets={DATASET: Path(params.acdc.prepared)},
         params_file=params_file,
-        tags={"source": "gt", "role": "reconstruction", **overlay_tags(overlays, root)},
+        tags={"source": GT.source, "role": "reconstruction", **overlay_tags(overlays, root)},
         resume=work,
     ) as run:
         run_id = run.info.run_id
@@ -200,11 +200,11 @@ def train_nvae(
         model = cfg.model
         version = log_and_register(
             NvaeReconstructor(net),
-            REGISTERED_NAME,
+            GT.registered,
             inputs[:2].numpy(),
             tags={
                 **evaluation_tags("test", data_md5),
-                "source": "gt",
+                "source": GT.source,
                 "stem_channels": str(model.stem_channels),
                 "beta": ",".join(f"{b:g}" for b in model.beta),
                 "groups_per_scale": ",".join(str(g) for g in model.groups_per_scale),
@@ -215,7 +215,7 @@ def train_nvae(
         set_alias(
             params.tracking,
             root,
-            REGISTERED_NAME,
+            GT.registered,
             CHALLENGER,
             str(version.version),
             reason=f"trained by train_nvae ({run_name(model)})",
@@ -229,7 +229,7 @@ def train_nvae(
             "best_val_loss": fitted.best_val_loss,
             "resumed_from": str(fitted.resumed_from) if fitted.resumed_from else None,
             "run_id": run_id,
-            "registered_model": REGISTERED_NAME,
+            "registered_model": GT.registered,
             "model_version": version.version,
         }
         write_record(metrics_dir / METRICS, result)

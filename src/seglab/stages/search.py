@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 import yaml
@@ -74,31 +74,10 @@ from seglab.tracking import (
     log_metrics,
     tracked_run,
 )
+from seglab.variants import SEARCH_TARGETS, NvaeVariant
 
 EXPERIMENT = "acdc-nvae-search"
 REGISTERED_ATTR = "seglab:registered"
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a search target's slices come from and what its model is registered as."""
-
-    source: Literal["gt", "pred", "context"]  # what nvae_tensors takes the inputs from
-    dataset: str  # lineage name of the input dataset
-    registered: str
-    in_channels: int
-
-    def folder(self, params: CardiacParams) -> str:
-        if self.source == "gt":
-            return params.acdc.prepared
-        return params.acdcseg.out if self.source == "pred" else params.acdcseg.trigram
-
-
-TARGETS: dict[str, Target] = {
-    "gt": Target("gt", "acdc_prepared", "acdc-nvae", 4),
-    "corrector": Target("pred", "acdcseg", "acdc-nvae-corrector", 4),
-    "context": Target("context", "acdc3gram", "acdc-nvae-context", 12),
-}
 
 
 def with_overrides(search: SearchParams, **overrides: Any) -> SearchParams:
@@ -129,8 +108,8 @@ class Plan:
     threads: int | None = None  # torch threads per worker process (None: torch's default)
 
     @property
-    def target(self) -> Target:
-        return TARGETS[self.search.target]
+    def target(self) -> NvaeVariant:
+        return SEARCH_TARGETS[self.search.target]
 
     @property
     def base(self) -> NvaeParams:
@@ -171,7 +150,7 @@ def _fingerprint(search: SearchParams, base: NvaeParams, trainer: TrainerParams,
 def make_plan(
     params: CardiacParams, search: SearchParams, root: Path, params_file: Path | None
 ) -> Plan:
-    target = TARGETS[search.target]
+    target = SEARCH_TARGETS[search.target]
     folder = Path(target.folder(params))
     if not (Path(root) / folder).is_dir():
         raise SeglabError(
