@@ -102,6 +102,9 @@ def progress_line(
     'epoch 2/4  train_loss 0.4  val_dice 0.6 (best 0.7 @ 1)  30 s/epoch, 1.0 min left'
     >>> progress_line(rows, "val_dice", "max", 100, budget_left=90.0)[-24:]
     '30 s/epoch, 1.5 min left'
+    >>> rows = [{"epoch": 0, "seconds": 9.0, "val_loss": 80.0, "val_dice_mean": 0.91}]
+    >>> progress_line(rows, "val_loss", "min", 1)
+    'epoch 1/1  val_loss 80 (best 80 @ 1)  val_dice_mean 0.91  9 s/epoch, 0.0 min left'
     """
     row = rows[-1]
     done = int(row["epoch"]) + 1
@@ -113,6 +116,8 @@ def progress_line(
     if monitor != "val_loss":
         parts.append(f"{monitor} {row.get(monitor, math.nan):.4g}")
     parts[-1] += f" (best {values[best]:.4g} @ {int(rows[best]['epoch']) + 1})"
+    if monitor != "val_dice_mean" and "val_dice_mean" in row:  # the NVAE's loss, and its Dice
+        parts.append(f"val_dice_mean {row['val_dice_mean']:.4g}")
     pace = (row["seconds"] - rows[0]["seconds"]) / (len(rows) - 1) if len(rows) > 1 else (
         row["seconds"] / done)  # fmt: skip
     seconds_left = pace * max(0, (max_epochs or done) - done)
