@@ -19,6 +19,8 @@ WARNINGS = (
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     r"You have overridden `on_after_batch_transfer` in `LightningModule` but have passed in a",
     r"The '\w+_dataloader' does not have many workers",  # tensors in memory need none
+    # A training's work folder holds its MLflow run id (and, resuming, its checkpoints).
+    r"Checkpoint directory .* exists and is not empty",
 )
 
 #: Log records (logger name -> message patterns) that say nothing the user can act on.
