@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:
-    from seglab.config import CardiacParams
+from pydantic import BaseModel
 
 Source = Literal["gt", "pred", "context"]
 
@@ -52,8 +51,8 @@ class NvaeVariant:
     search_target: str
     study: dict[str, float] = field(default_factory=dict)
 
-    def folder(self, params: CardiacParams) -> str:
-        """Its input dataset's folder under ``params``."""
+    def folder(self, params: BaseModel) -> str:
+        """Its input dataset's folder under ``params`` (the cardiac study's)."""
         return str(attrgetter(self.folder_param)(params))
 
 
