@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from seglab.config import merge_mappings
 from seglab.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,14 +61,6 @@ def overrides(batches: int, samples: int, patients: int) -> dict[str, Any]:
             }
         },
     }
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        is_map = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merge(out[key], value) if is_map else value
-    return out
 
 
 def stages(patients: int) -> list[tuple[str, list[str]]]:
@@ -114,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     folder = Path(args.keep or tempfile.mkdtemp(prefix="seglab-full-"))
     folder.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params = merge(params, overrides(args.batches, args.samples, args.patients))
+    params = merge_mappings(params, overrides(args.batches, args.samples, args.patients))
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(ROOT / "search", folder / "search", dirs_exist_ok=True)
     rows: list[dict[str, Any]] = []

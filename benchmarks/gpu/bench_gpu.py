@@ -38,7 +38,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pack import load_pack  # noqa: E402
 
-from seglab.config import CardiacParams, TrainerParams, apply_profile  # noqa: E402
+from seglab.config import (  # noqa: E402
+    CardiacParams,
+    TrainerParams,
+    apply_profile,
+    merge_mappings,
+)
 from seglab.data.acdcseg import nvae_tensors  # noqa: E402
 from seglab.data.store import SliceSet  # noqa: E402
 from seglab.evaluation.segmentation import evaluate  # noqa: E402
@@ -64,19 +69,11 @@ TINY = {  # the --tiny overlay: sizes that train a step on a CPU in well under a
 }
 
 
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        is_map = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merge(out[key], value) if is_map else value
-    return out
-
-
 def full_params(tiny: bool) -> CardiacParams:
     """params.yaml under ``profile: full`` (with the tiny sizes for a dry run)."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     merged = apply_profile({**raw, "profile": "full"})
-    return CardiacParams.model_validate(merge(merged, TINY) if tiny else merged)
+    return CardiacParams.model_validate(merge_mappings(merged, TINY) if tiny else merged)
 
 
 class Utilisation:

@@ -361,7 +361,7 @@ class SegmentersParams(Section):
         override = self.arch_train.get(arch)  # type: ignore[call-overload]
         if not override:
             return self.train
-        merged = _merge(self.train.model_dump(mode="json"), override)
+        merged = merge_mappings(self.train.model_dump(mode="json"), override)
         return SegmenterTrainParams.model_validate(merged)
 
 
@@ -568,7 +568,7 @@ class CardiacParams(Section):
         """``nvae.model`` with ``search.model``'s overrides: what every search trial starts from."""
         if not self.search.model:
             return self.nvae.model
-        merged = _merge(self.nvae.model.model_dump(), self.search.model)
+        merged = merge_mappings(self.nvae.model.model_dump(), self.search.model)
         return NvaeParams.model_validate(merged)
 
 
@@ -695,7 +695,7 @@ def load_params(path: str | Path, model: type[P], overlays: Sequence[str | Path]
         values = _read_mapping(overlay, "overlay")
         if {"profile", "profiles"} & values.keys():
             raise ConfigError(f"{overlay}: an overlay cannot set profile or profiles")
-        merged = _merge(merged, values)
+        merged = merge_mappings(merged, values)
     try:
         return model.model_validate(merged)
     except ValidationError as exc:
@@ -730,14 +730,16 @@ def apply_profile(raw: dict[str, Any]) -> dict[str, Any]:
     profiles = raw.get("profiles") or {}
     if profile != "quick" and profile not in profiles:
         raise ValueError(f"profile '{profile}' has no entry under 'profiles'")
-    return _merge(raw, profiles.get(profile) or {})
+    return merge_mappings(raw, profiles.get(profile) or {})
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merge_mappings(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` merged into a copy of ``base``, nested mappings key by key (how a profile,
+    an overlay or a benchmark's shortening applies to params)."""
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_mappings(out[key], value)
         else:
             out[key] = value
     return out

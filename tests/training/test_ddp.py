@@ -17,7 +17,7 @@ import yaml
 from mlflow import MlflowClient
 from torch.utils.data import DataLoader, TensorDataset
 
-from seglab.config import TrainerParams
+from seglab.config import TrainerParams, merge_mappings
 from seglab.data.acdcseg import nvae_tensors
 from seglab.data.store import load_split
 from seglab.inference.nvae import load_nvae
@@ -29,14 +29,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 DDP = {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_epochs": 1,
        "limit_train_batches": 2, "limit_val_batches": 1.0, "threads": 1}  # fmt: skip
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        is_map = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merge(out[key], value) if is_map else value
-    return out
 
 
 def seglab(root: Path, *args: str) -> str:
@@ -51,7 +43,7 @@ def seglab(root: Path, *args: str) -> str:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A quick-profile phantom project whose three trainers each run on two processes."""
     root = tmp_path_factory.mktemp("ddp")
-    params = merge(
+    params = merge_mappings(
         yaml.safe_load((ROOT / "params.yaml").read_text()),
         {
             "acdc": {"phantom": {"patients": 15}},
