@@ -240,6 +240,13 @@ class AugmentParams(Section):
     rotate_deg: float = Field(10.0, ge=0, le=180)  # angle drawn from [-r, r]
     scale: float = Field(0.1, ge=0, lt=1)  # isotropic zoom drawn from [1 - s, 1 + s]
     translate: float = Field(0.05, ge=0, lt=0.5)  # shift per axis, fraction of the image size
+    # Intensity (nnU-Net's kinds; 0 = off): each drawn per sample, on with probability
+    # intensity_p, the same for every channel of a sample (2.5D neighbours share a scanner).
+    intensity_p: float = Field(0.3, ge=0, le=1)
+    brightness: float = Field(0.0, ge=0, lt=1)  # intensities times a factor in [1 - b, 1 + b]
+    contrast: float = Field(0.0, ge=0, lt=1)  # spread about the mean times [1 - c, 1 + c]
+    gamma: float = Field(0.0, ge=0)  # x -> x ** g on [0, 1], log g uniform in +-log(1 + gamma)
+    noise_std: float = Field(0.0, ge=0)  # Gaussian noise, std drawn from [0, noise_std]
 
 
 class UNetParams(Section):

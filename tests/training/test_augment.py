@@ -119,3 +119,36 @@ def test_multichannel_labels_are_resampled_alike() -> None:
     out_image, out_onehot = BatchAugment(STRONG)(labels.float().unsqueeze(1), onehot)
     assert out_onehot.shape == onehot.shape
     assert set(out_onehot.unique().tolist()) <= {0.0, 1.0}
+
+
+INTENSITY = AugmentParams(
+    rotate_deg=0.0, scale=0.0, translate=0.0, flip=False, intensity_p=1.0,
+    brightness=0.25, contrast=0.25, gamma=0.5, noise_std=0.05,
+)
+
+
+def test_intensity_changes_the_image_per_sample_and_never_the_labels() -> None:
+    torch.manual_seed(6)
+    labels = _masks(6)
+    image = torch.rand(1, 3, 64, 64).repeat(6, 1, 1, 1)
+    out_image, out_label = BatchAugment(INTENSITY)(image, labels)
+    assert torch.equal(out_label, labels)
+    assert out_image.dtype == image.dtype and out_image.shape == image.shape
+    assert len({round(float(o.mean()), 4) for o in out_image}) == 6  # one draw per sample
+
+
+def test_intensity_is_monotone_per_sample_without_noise() -> None:
+    """Brightness, contrast and gamma keep the order of intensities (they are monotone maps)."""
+    torch.manual_seed(7)
+    params = INTENSITY.model_copy(update={"noise_std": 0.0})
+    image = torch.rand(8, 1, 16, 16)
+    out = BatchAugment(params).intensity(image)
+    for b in range(8):
+        order = image[b].flatten().argsort()
+        assert (out[b].flatten()[order].diff() >= -1e-6).all()
+
+
+def test_intensity_probability_zero_is_the_identity() -> None:
+    image = torch.rand(4, 2, 16, 16)
+    params = INTENSITY.model_copy(update={"intensity_p": 0.0})
+    assert torch.allclose(BatchAugment(params).intensity(image), image, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Batched, on-device augmentation: per-sample random flips and a small affine.
+"""Batched, on-device augmentation: per-sample random flips, a small affine and intensity.
 
 Why not torchio per item: a torchio transform runs on the CPU, one sample at a time, in the
 DataLoader. On a GPU that loop (Python, per-sample resampling on a few CPU cores) becomes the
@@ -6,7 +6,9 @@ bottleneck of a small 2D network; here the whole batch is resampled with one ``a
 ``grid_sample`` call on whatever device the batch is on, with independent random parameters per
 sample. Flips, rotation, zoom and shift are composed into one affine per sample, so each pixel is
 interpolated once: bilinear for images, nearest for label maps (labels stay in their label set).
-Pixels that come from outside the image are zero (background).
+Pixels that come from outside the image are zero (background). Intensity changes (brightness,
+contrast, gamma, noise: nnU-Net's kinds, which MONAI and torchio apply one sample at a time)
+touch the image only, each sample with its own draw.
 """
 
 from __future__ import annotations
@@ -40,7 +42,43 @@ class BatchAugment(nn.Module):
             labels.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
         )
         out_label = out_label.squeeze(1) if label.ndim == 3 else out_label
-        return out_image, out_label.round().to(label.dtype)
+        return self.intensity(out_image), out_label.round().to(label.dtype)
+
+    def intensity(self, image: Tensor) -> Tensor:
+        """Brightness, contrast, gamma and noise, each on a random ``intensity_p`` of the samples.
+
+        Example:
+            >>> params = AugmentParams(intensity_p=1.0, gamma=0.5, noise_std=0.0)
+            >>> out = BatchAugment(params).intensity(torch.rand(4, 3, 8, 8))
+            >>> bool(out.min() >= 0) and bool(out.max() <= 1)  # gamma keeps [0, 1] in [0, 1]
+            True
+        """
+        p = self.params
+        if not (p.brightness or p.contrast or p.gamma or p.noise_std):
+            return image
+        x = image.float()
+        shape = (len(x),) + (1,) * (x.ndim - 1)
+
+        def draw(low: float, high: float, identity: float) -> Tensor:
+            """Per sample: uniform in [low, high] with probability intensity_p, else identity."""
+            value = torch.empty(shape, device=x.device).uniform_(low, high)
+            on = torch.rand(shape, device=x.device) < p.intensity_p
+            return torch.where(on, value, torch.full_like(value, identity))
+
+        if p.brightness:
+            x = x * draw(1 - p.brightness, 1 + p.brightness, 1.0)
+        if p.contrast:
+            low, high = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = ((x - mean) * draw(1 - p.contrast, 1 + p.contrast, 1.0) + mean).clamp(low, high)
+        if p.gamma:
+            low, high = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+            span = (high - low).clamp_min(1e-6)
+            log_g = math.log1p(p.gamma)
+            x = ((x - low) / span) ** draw(-log_g, log_g, 0.0).exp() * span + low
+        if p.noise_std:
+            x = x + torch.randn_like(x) * draw(0.0, p.noise_std, 0.0)
+        return x.to(image.dtype)
 
     def random_affine(self, batch: int, size: torch.Size, device: torch.device) -> Tensor:
         """``[B, 2, 3]`` output-to-input maps in ``affine_grid``'s normalised coordinates."""
