@@ -46,7 +46,7 @@ from seglab.data.splits import SPLITS
 from seglab.data.store import SliceSet, load_split
 from seglab.errors import DataError, SeglabError
 from seglab.inference.segment import image_tensor
-from seglab.stages import lgg as lgg_stage
+from seglab.training import lgg as lgg_training
 from seglab.training.augment import BatchAugment
 from seglab.training.datamodule import TensorDataModule
 
@@ -120,7 +120,7 @@ def pipelines(train: SliceSet, augment: AugmentParams) -> list[Pipeline]:
     family = "lgg" if lgg else "segmenter"
 
     def segmenter_tensors() -> Batch:
-        image = lgg_stage.image_tensor(train) if lgg else image_tensor(train)
+        image = lgg_training.image_tensor(train) if lgg else image_tensor(train)
         return image, torch.from_numpy(train.label)
 
     def identity(batch: Batch) -> Batch:

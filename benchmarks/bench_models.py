@@ -56,7 +56,7 @@ from seglab.data.acdcseg import nvae_tensors, onehot
 from seglab.data.store import load_split
 from seglab.errors import SeglabError
 from seglab.models.segmenters import ARCHS, parameter_count, weights_mb
-from seglab.stages import lgg as lgg_stage
+from seglab.training import lgg as lgg_training
 from seglab.training.fit import apply_speedups
 from seglab.training.nvae_fit import train_nvae_model
 from seglab.training.nvae_module import NvaeModule
@@ -179,7 +179,7 @@ def model_specs(cardiac: CardiacParams, brain: BrainParams) -> dict[str, ModelSp
         specs[f"lgg-{arch}"] = ModelSpec(
             f"lgg-{arch}",
             "lgg",
-            lambda arch=arch: lgg_stage.new_module(arch, archs, None),
+            lambda arch=arch: lgg_training.new_module(arch, archs, None),
             lambda n: _lgg_batch(n, lgg_size),
         )
     return specs

@@ -31,12 +31,10 @@ import yaml
 
 from seglab.config import CardiacParams, load_params
 from seglab.data.store import load_split
-from seglab.evaluation.segmentation import evaluate
+from seglab.evaluation.segmentation import choose_postprocess, evaluate
 from seglab.inference.segment import load_segmenter, predict_labels
 from seglab.io import write_json
 from seglab.metrics.overlap import STRUCTURES, Case, overlap
-from seglab.stages.artifacts import checkpoint_path
-from seglab.stages.segmenters import choose_postprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +90,7 @@ def reevaluate(project: Path, params: CardiacParams, arch: str) -> dict[str, Any
     """Test figures of ``arch``'s checkpoint on the run's test split, with this code's metrics
     and its post-processing, chosen again on the run's validation split (never on test)."""
     folder = project / params.acdc.prepared
-    module = load_segmenter(checkpoint_path(params.segmenters, arch, project))
+    module = load_segmenter(params.segmenters.checkpoint_path(arch, project))
     trainer = params.segmenters.train_for(arch).trainer
     val, test = load_split(folder / "val.npz"), load_split(folder / "test.npz")
     (method, size), _ = choose_postprocess(module, val, trainer, params.segmenters)
@@ -132,7 +130,7 @@ def collect(project: Path, params: CardiacParams, recompute: bool) -> dict[str, 
         figures = _read(seg_dir / f"{arch}.json")
         # The metrics files are tracked in git (the quick profile's): without the checkpoint
         # this run trained, the file is not this run's.
-        if figures is None or not checkpoint_path(params.segmenters, arch, project).is_file():
+        if figures is None or not params.segmenters.checkpoint_path(arch, project).is_file():
             continue
         if recompute:
             figures = {**figures, **reevaluate(project, params, arch)}

@@ -371,6 +371,14 @@ class SegmentersParams(Section):
         merged = merge_mappings(self.train.model_dump(mode="json"), override)
         return SegmenterTrainParams.model_validate(merged)
 
+    def checkpoint_path(self, arch: str, root: Path) -> Path:
+        """Where ``arch``'s trained weights live (the segmenter stage writes, later ones read)."""
+        return Path(root) / self.models / f"{arch}.ckpt"
+
+    def crossfit_path(self, arch: str, root: Path) -> Path:
+        """Where ``arch``'s predictions of the train split (ACDCSeg's train rows) live."""
+        return Path(root) / self.models / f"{arch}.crossfit.npz"
+
 
 class AcdcSegParams(Section):
     """ACDCSeg (every segmenter's predicted masks) and its 3-gram context form.

@@ -37,7 +37,6 @@ from seglab.data.store import META_DTYPES, SliceSet, load_split, save_split
 from seglab.errors import DataError
 from seglab.inference.segment import image_tensor, load_segmenter
 from seglab.stages.acdcseg import build_acdcseg, build_trigram
-from seglab.stages.artifacts import checkpoint_path
 from seglab.stages.segmenters import _save_crossfit
 from seglab.training.datamodule import TensorDataModule
 from seglab.training.segmenters import new_module
@@ -209,7 +208,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         )  # fmt: skip
         trainer.fit(new_module(arch, seg), datamodule=data)
-        path = checkpoint_path(seg, arch, root)
+        path = seg.checkpoint_path(arch, root)
         path.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(path)
     return root

@@ -38,12 +38,11 @@ from seglab.stages.lgg import (
     REPORT_FILES,
     compare_lgg,
     encoder_weights_file,
-    image_tensor,
-    load_lgg_model,
     registered_name,
     train_lgg,
 )
 from seglab.tracking.registry import promote
+from seglab.training.lgg import image_tensor, load_lgg_model
 
 ROOT = Path(__file__).resolve().parents[2]
 ARCH = "pspnet-resnet18"  # the cheapest of the six on a CPU

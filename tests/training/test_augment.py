@@ -122,8 +122,15 @@ def test_multichannel_labels_are_resampled_alike() -> None:
 
 
 INTENSITY = AugmentParams(
-    rotate_deg=0.0, scale=0.0, translate=0.0, flip=False, intensity_p=1.0,
-    brightness=0.25, contrast=0.25, gamma=0.5, noise_std=0.05,
+    rotate_deg=0.0,
+    scale=0.0,
+    translate=0.0,
+    flip=False,
+    intensity_p=1.0,
+    brightness=0.25,
+    contrast=0.25,
+    gamma=0.5,
+    noise_std=0.05,
 )
 
 

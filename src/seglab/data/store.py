@@ -8,6 +8,7 @@ loop. Metadata travels as columns in the same file, so a split is self-describin
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,15 +125,40 @@ def save_split(path: Path, slices: SliceSet) -> None:
             np.savez(fh, image=slices.image, label=slices.label, **arrays)
 
 
-def load_split(path: Path) -> SliceSet:
-    """Read a split written by :func:`save_split`."""
+def read_npz(path: Path, what: str, missing: str = "run `dvc repro` to build it") -> dict:
+    """Every array of the ``.npz`` at ``path``; a missing or unreadable file is one
+    :class:`DataError` naming the path and ``what`` it should have been."""
+    path = Path(path)
     if not path.is_file():
-        raise DataError(path, "prepared split not found (run `dvc repro` to build it)")
+        raise DataError(path, f"{what} not found ({missing})")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
+            return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(path, f"not a readable prepared split ({exc})") from exc
+        raise DataError(path, f"not a readable {what} ({exc})") from exc
+
+
+def load_split(path: Path) -> SliceSet:
+    """Read a split written by :func:`save_split`."""
+    data = read_npz(path, "prepared split")
     meta = pd.DataFrame({k[5:]: v for k, v in data.items() if k.startswith("meta.")})
     extra = {k[6:]: v for k, v in data.items() if k.startswith("extra.")}
     return SliceSet(image=data["image"], label=data["label"], meta=meta, extra=extra)
+
+
+def load_splits(
+    folder: Path, names: Sequence[str] = ("train", "val", "test"), split_setting: str = ""
+) -> dict[str, SliceSet]:
+    """The ``names`` splits of a prepared folder, each refused when it holds no slices (nothing
+    trains, chooses or tests on none); ``split_setting`` names the params that split it."""
+    out = {name: load_split(Path(folder) / f"{name}.npz") for name in names}
+    for name, slices in out.items():
+        if len(slices) == 0:
+            hint = (
+                f" (too few patients to fill every split; use more patients or change "
+                f"{split_setting})"
+                if split_setting
+                else ""
+            )
+            raise DataError(folder, f"the {name} split has no slices{hint}")
+    return out

@@ -31,12 +31,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torch import Tensor
 
+from seglab.config import NvaeStageParams, TrainerParams
 from seglab.data.labels import NUM_LABELS, RV, STRUCTURE_LABELS, STRUCTURES
 from seglab.metrics.anatomy import check_slices
 from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.nvae import Nvae
-from seglab.training.fit import default_eval_batch
+from seglab.training.fit import default_eval_batch, eval_device
 from seglab.training.nvae_module import NvaeModule
 
 #: The figures' colours: background black, RV blue, MYO green, LV red (label order 0..3).
@@ -174,6 +175,30 @@ def evaluate_nvae(
         figures["samples"] = samples
         figures["samples_empty"] = int(empty.sum())
     return figures | {k: v for k, v in summary.items() if k not in figures}
+
+
+def evaluate_as_configured(
+    model: Nvae | NvaeModule,
+    inputs: Tensor,
+    targets: Tensor | np.ndarray,
+    spacing: np.ndarray,
+    report: NvaeStageParams,
+    trainer: TrainerParams,
+) -> dict[str, Any]:
+    """:func:`evaluate_nvae` with the stage's sampling settings (``samples``, ``temperature``)
+    and the training's seed, evaluation batch and device: what the NVAE stage and every search
+    trial report, the same way."""
+    return evaluate_nvae(
+        model,
+        inputs,
+        targets,
+        spacing,
+        samples=report.samples,
+        temperature=report.temperature,
+        seed=trainer.seed,
+        batch_size=trainer.eval_batch_size,
+        device=eval_device(trainer),
+    )
 
 
 def _picks(labels: np.ndarray, rows: int) -> np.ndarray:

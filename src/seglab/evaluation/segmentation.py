@@ -1,6 +1,8 @@
 """Test figures of a segmenter's predictions on a prepared split: per-slice Dice and HD95,
 anatomical validity, empty masks counted apart, and the Dice pooled per 3D volume. One function
-for the training stage, the benchmarks and the GPU run, so each reports the same keys."""
+for the training stage, the benchmarks and the GPU run, so each reports the same keys. Also the
+two choices made on the validation split and ground truth only: the clean-up of predictions and
+the anatomical check of the prepared masks."""
 
 from __future__ import annotations
 
@@ -8,9 +10,14 @@ from typing import Any
 
 import numpy as np
 
+from seglab.config import SegmentersParams, TrainerParams
 from seglab.data.store import SliceSet
+from seglab.inference.postprocess import Method, choose
+from seglab.inference.segment import predict_labels
+from seglab.metrics.anatomy import check_slices
 from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap, volume_dice
+from seglab.training.segmentation_module import SegmentationModule
 
 #: Test figures logged to every run, under the same keys for every architecture.
 TEST_KEYS = (*OVERLAP_KEYS, "anatomical_validity", *EMPTIED_KEYS)
@@ -46,3 +53,19 @@ def volume_ids(slices: SliceSet) -> np.ndarray:
     """One id per 3D volume (patient and frame) for :func:`~seglab.metrics.overlap.volume_dice`."""
     meta = slices.meta
     return (meta["patient"].astype(str) + "/" + meta["frame"].astype(str)).to_numpy()
+
+
+def choose_postprocess(
+    module: SegmentationModule, val: SliceSet, trainer: TrainerParams, seg: SegmentersParams
+) -> tuple[tuple[Method, int], dict[str, float]]:
+    """The clean-up for ``module``: the params' method, or with ``auto`` the method and size
+    with the best validation Dice (never the test split); and each one's validation Dice."""
+    if seg.postprocess != "auto":
+        return (seg.postprocess, seg.postprocess_min_pixels), {}
+    pred = predict_labels(module, val, trainer, raw=True)
+    return choose(pred, lambda p: dice_mean(p, val))
+
+
+def anatomy_qc(slices: SliceSet) -> dict[str, Any]:
+    """Anatomical validity of a split's ground-truth masks at the prepared resolution."""
+    return check_slices(slices.label, slices.spacing).summary()

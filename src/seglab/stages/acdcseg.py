@@ -32,8 +32,6 @@ def build_acdcseg(params: CardiacParams, *, root: Path = Path(".")) -> str:
     from seglab.inference.segment import load_segmenter, predict_labels
     from seglab.stages.artifacts import (
         INSAMPLE,
-        checkpoint_path,
-        crossfit_path,
         load_crossfit,
         load_prepared,
     )
@@ -44,8 +42,8 @@ def build_acdcseg(params: CardiacParams, *, root: Path = Path(".")) -> str:
     rows: dict[str, list[SliceSet]] = {split: [] for split in SPLITS}
     train_method: dict[str, str] = {}
     for arch in seg.archs:
-        module = load_segmenter(checkpoint_path(seg, arch, root))
-        crossfit = load_crossfit(crossfit_path(seg, arch, root), splits["train"])
+        module = load_segmenter(seg.checkpoint_path(arch, root))
+        crossfit = load_crossfit(seg.crossfit_path(arch, root), splits["train"])
         train_method[arch] = INSAMPLE if crossfit is None else f"crossfit-{params.acdcseg.folds}"
         for split in SPLITS:
             if split == "train" and crossfit is not None:

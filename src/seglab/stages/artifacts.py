@@ -4,14 +4,12 @@ each other."""
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from seglab.config import CardiacParams, SegmentersParams
-from seglab.data.splits import SPLITS
-from seglab.data.store import SliceSet, load_split
+from seglab.config import CardiacParams
+from seglab.data.store import SliceSet, load_splits, read_npz
 from seglab.errors import DataError
 
 #: ``method`` of a cross-prediction file when ACDCSeg's train split is predicted in-sample.
@@ -23,29 +21,13 @@ ROW_KEYS = ("patient", "phase", "slice_index", "segmenter")
 
 
 def load_prepared(params: CardiacParams, root: Path) -> dict[str, SliceSet]:
-    """The prepared ACDC splits (train, val, test)."""
-    folder = Path(root) / params.acdc.prepared
-    return {split: load_split(folder / f"{split}.npz") for split in SPLITS}
-
-
-def checkpoint_path(params: SegmentersParams, arch: str, root: Path) -> Path:
-    return Path(root) / params.models / f"{arch}.ckpt"
-
-
-def crossfit_path(params: SegmentersParams, arch: str, root: Path) -> Path:
-    return Path(root) / params.models / f"{arch}.crossfit.npz"
+    """The prepared ACDC splits (train, val, test), each refused when empty."""
+    return load_splits(Path(root) / params.acdc.prepared, split_setting="acdc.prepare.split")
 
 
 def load_crossfit(path: Path, train: SliceSet) -> tuple[np.ndarray, np.ndarray] | None:
     """Out-of-fold ``(pred, fold)`` for the prepared train split, or None for in-sample."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "cross-prediction file not found (run `dvc repro`)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(path, f"not a readable cross-prediction file ({exc})") from exc
+    data = read_npz(path, "cross-prediction file")
     if str(data.get("method")) == INSAMPLE:
         return None
     meta = train.meta
@@ -64,11 +46,7 @@ def load_crossfit(path: Path, train: SliceSet) -> tuple[np.ndarray, np.ndarray] 
 def load_predictions(path: Path, test: SliceSet) -> dict[str, np.ndarray]:
     """A variant's ``.npz`` of corrected test rows, checked to line up with ACDCSeg's test rows
     (the report would otherwise compare masks of different slices)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "corrections not found (run `dvc repro train_corrector`)")
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    arrays = read_npz(path, "corrections", "run `dvc repro train_corrector`")
     for key in ROW_KEYS:
         stored = arrays.pop(f"row.{key}", None)
         if (

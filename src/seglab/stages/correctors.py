@@ -35,9 +35,8 @@ import torch
 
 from seglab.config import CardiacParams, CorrectorVariant, NvaeStageParams
 from seglab.data.acdcseg import nvae_tensors
-from seglab.data.splits import SPLITS
-from seglab.data.store import SliceSet, load_split
-from seglab.errors import ConfigError, SeglabError
+from seglab.data.store import SliceSet, load_splits
+from seglab.errors import ConfigError
 from seglab.evaluation.correction import correct, gate, mask_agreement, plausibility
 from seglab.evaluation.nvae_report import reconstruction_figure
 from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor, load_nvae
@@ -56,14 +55,6 @@ from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
 from seglab.training.fit import apply_speedups, eval_device, export_checkpoint
 from seglab.training.nvae_fit import train_nvae_model
 from seglab.variants import CORRECTORS, NvaeVariant
-
-
-def _load(folder: Path) -> dict[str, SliceSet]:
-    splits = {split: load_split(folder / f"{split}.npz") for split in SPLITS}
-    for name, slices in splits.items():
-        if len(slices) == 0:
-            raise SeglabError(f"{folder}: the {name} split has no rows")
-    return splits
 
 
 def _current(slices: SliceSet, variant: NvaeVariant) -> np.ndarray:
@@ -104,7 +95,7 @@ def train_corrector(
     kind = CORRECTORS[variant]
     root = Path(root)
     dataset = kind.folder(params)
-    splits = _load(root / dataset)
+    splits = load_splits(root / dataset)
     source = kind.source
     # One-hot uint8: 4x smaller than floats (ACDCSeg's train split holds every segmenter's rows);
     # the model scales its inputs itself.

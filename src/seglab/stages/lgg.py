@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,8 @@ import torch
 
 from seglab.config import BrainParams, LggArchsParams, split_arch_name
 from seglab.data.splits import SPLITS
-from seglab.data.store import SliceSet, load_split
-from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.data.store import SliceSet, load_splits
+from seglab.errors import ConfigError, DataError
 from seglab.evaluation.lgg_report import (
     COST_KEYS,
     KEYS,
@@ -49,7 +48,6 @@ from seglab.evaluation.lgg_report import (
     summarize,
 )
 from seglab.io import atomic_dir, write_record
-from seglab.models.lgg import build_lgg_net
 from seglab.models.segmenters import parameter_count, weights_mb
 from seglab.stages.common import work_folder
 from seglab.tracking import configure, dvc_hash, log_artifact, log_figure, log_metrics, tracked_run
@@ -62,13 +60,11 @@ from seglab.training.fit import (
     fit,
     inference_batch,
     resolve_precision,
-    seed,
 )
-from seglab.training.segmentation_module import SegmentationModule
+from seglab.training.lgg import MONITOR, image_tensor, load_lgg_model, new_module
 
 EXPERIMENT = "lgg-architectures"
 DATASET = "lgg_prepared"
-MONITOR = "val_iou"
 COMPARISON_RUN = "comparison"
 #: The comparison's files in ``architectures.report`` (DVC outputs and MLflow artifacts).
 REPORT_FILES = {
@@ -132,56 +128,7 @@ def _sha256(path: Path) -> str:
 
 def load_prepared(params: BrainParams, root: Path) -> dict[str, SliceSet]:
     """The prepared LGG splits (train, val, test); each must hold slices."""
-    folder = Path(root) / params.lgg.prepared
-    splits = {split: load_split(folder / f"{split}.npz") for split in SPLITS}
-    for name, slices in splits.items():
-        if len(slices) == 0:
-            raise SeglabError(
-                f"{params.lgg.prepared}: the {name} split has no slices (too few patients to "
-                "fill every split; use more patients or change lgg.prepare.split)"
-            )
-    return splits
-
-
-def image_tensor(slices: SliceSet) -> torch.Tensor:
-    """``[N, 3, H, W]`` float32 in [0, 1]: the networks' input (prepared images are uint8)."""
-    return torch.from_numpy(slices.image).float().div_(255.0)
-
-
-def new_module(name: str, params: LggArchsParams, weights: Path | None) -> SegmentationModule:
-    """An untrained ``name`` network in the shared module, binary (sigmoid) mode, initialised
-    from the training's seed."""
-    decoder, encoder = split_arch_name(name)
-    seed(params.train.trainer)
-    return SegmentationModule(
-        build_lgg_net(name, weights_file=weights),
-        1,
-        lr=params.train.lr,
-        loss=params.train.loss,
-        class_names={1: "tumour"},
-        monitor=MONITOR,
-        augment=params.train.augment,
-        hparams={"name": name, "decoder": decoder, "encoder": encoder},
-    )
-
-
-def load_lgg_model(path: Path) -> SegmentationModule:
-    """A trained network from a checkpoint written by :func:`train_lgg` (no weights file
-    needed: the architecture is read from the checkpoint, the weights are the trained ones)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "LGG model checkpoint not found (run `dvc repro` to train it)")
-    try:
-        hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
-        name = hparams["name"]
-        return SegmentationModule.load_from_checkpoint(
-            path,
-            net=build_lgg_net(name),
-            map_location="cpu",
-            hparams={k: hparams[k] for k in ("name", "decoder", "encoder")},
-        )
-    except (OSError, RuntimeError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(path, f"not a readable LGG model checkpoint ({exc})") from exc
+    return load_splits(Path(root) / params.lgg.prepared, split_setting="lgg.prepare.split")
 
 
 def _device_name(device: torch.device) -> str:
@@ -258,16 +205,7 @@ def train_lgg(
             seed=trainer.seed,
             drop_last=train_count % trainer.batch_size == 1 and train_count > 1,
         )
-        fitted = fit(
-            module,
-            data,
-            trainer,
-            work,
-            monitor=MONITOR,
-            mode="max",
-            run_id=run_id,
-            tracking_uri=uri,
-        )
+        fitted = fit(module, data, trainer, work, monitor=MONITOR, run_id=run_id, tracking_uri=uri)
         best = load_lgg_model(fitted.best_path)
         test = splits["test"]
         device = eval_device(trainer)

@@ -38,12 +38,10 @@ import numpy as np
 
 from seglab.config import CardiacParams
 from seglab.data.acdcseg import nvae_tensors
-from seglab.data.splits import SPLITS
-from seglab.data.store import SliceSet, load_split
-from seglab.errors import SeglabError
+from seglab.data.store import SliceSet
 from seglab.evaluation.nvae_report import (
     KEYS,
-    evaluate_nvae,
+    evaluate_as_configured,
     generate,
     input_labels,
     reconstruct,
@@ -54,6 +52,7 @@ from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor
 from seglab.io import write_record
 from seglab.models.nvae import KLDivergenceError
 from seglab.models.segmenters import parameter_count, weights_mb
+from seglab.stages.artifacts import load_prepared
 from seglab.stages.common import nvae_work_dir, run_name
 from seglab.tracking import (
     configure,
@@ -66,10 +65,7 @@ from seglab.tracking import (
 )
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
-from seglab.training.fit import (
-    eval_device,
-    export_checkpoint,
-)
+from seglab.training.fit import eval_device, export_checkpoint
 from seglab.training.history import write_curves
 from seglab.training.nvae_fit import train_nvae_model
 from seglab.variants import GT
@@ -117,14 +113,7 @@ def train_nvae(
     """
     cfg = params.nvae
     root = Path(root)
-    folder = root / params.acdc.prepared
-    splits = {split: load_split(folder / f"{split}.npz") for split in SPLITS}
-    for name, slices in splits.items():
-        if len(slices) == 0:
-            raise SeglabError(
-                f"{params.acdc.prepared}: the {name} split has no slices (too few patients to "
-                "fill every split; use more patients or change acdc.prepare.split)"
-            )
+    splits = load_prepared(params, root)
     uri = configure(params.tracking, root)
     data_md5 = str(dvc_hash(Path(params.acdc.prepared), root))
     tensors = {split: nvae_tensors(slices, GT.source) for split, slices in splits.items()}
@@ -158,16 +147,8 @@ def train_nvae(
         test = splits["test"]
         inputs, targets = tensors["test"]
         device = eval_device(cfg.trainer)
-        figures = evaluate_nvae(
-            fitted.module,
-            inputs,
-            targets,
-            test.spacing,
-            samples=cfg.samples,
-            temperature=cfg.temperature,
-            seed=cfg.trainer.seed,
-            batch_size=cfg.trainer.eval_batch_size,
-            device=device,
+        figures = evaluate_as_configured(
+            fitted.module, inputs, targets, test.spacing, cfg, cfg.trainer
         )
         net = fitted.module.model
         sizes = {"params_count": parameter_count(net), "model_mb": weights_mb(net)}

@@ -17,16 +17,10 @@ from typing import Any
 from seglab.config import AcdcDataParams, LggDataParams, TrackingParams
 from seglab.data.prepare_acdc import prepare_acdc
 from seglab.data.prepare_lgg import prepare_lgg
-from seglab.data.store import SliceSet
-from seglab.metrics.anatomy import check_slices
+from seglab.evaluation.segmentation import anatomy_qc
 from seglab.tracking import log_metrics, tracked_run
 
 EXPERIMENT = "data-preparation"
-
-
-def anatomy_qc(slices: SliceSet) -> dict[str, Any]:
-    """Anatomical validity of a split's ground-truth masks at the prepared resolution."""
-    return check_slices(slices.label, slices.spacing).summary()
 
 
 def meta_figures(meta: dict[str, Any]) -> dict[str, float]:

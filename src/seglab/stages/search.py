@@ -38,7 +38,7 @@ import optuna
 import yaml
 
 from seglab.config import CardiacParams, NvaeParams, SearchParams, TrainerParams
-from seglab.data.store import SliceSet, load_split
+from seglab.data.store import SliceSet, load_splits
 from seglab.errors import SeglabError
 from seglab.io import atomic_dir, atomic_file, write_record
 from seglab.search.objective import (
@@ -166,11 +166,7 @@ def make_plan(
 
 def _load(plan: Plan, splits: Sequence[str]) -> dict[str, SliceSet]:
     folder = plan.root / plan.target.folder(plan.params)
-    out = {split: load_split(folder / f"{split}.npz") for split in splits}
-    for split, slices in out.items():
-        if len(slices) == 0:
-            raise SeglabError(f"{folder}: the {split} split has no slices")
-    return out
+    return load_splits(folder, splits)
 
 
 def _open(plan: Plan, worker: int = 0) -> tuple[optuna.Study, bool, SearchSpace]:
@@ -490,12 +486,12 @@ def _register_best(
             "trained it registers it when its worker finishes",
         }
     from seglab.data.acdcseg import nvae_tensors
-    from seglab.evaluation.nvae_report import KEYS, evaluate_nvae
+    from seglab.evaluation.nvae_report import KEYS, evaluate_as_configured
     from seglab.inference.nvae import NvaeReconstructor, load_nvae
     from seglab.models.segmenters import parameter_count, weights_mb
     from seglab.tracking.models import log_and_register
     from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
-    from seglab.training.fit import apply_speedups, eval_device
+    from seglab.training.fit import apply_speedups
 
     module = load_nvae(checkpoint)
     apply_speedups(module, plan.trainer.channels_last, compile=False)
@@ -515,17 +511,7 @@ def _register_best(
         nested=True,
         **_run_args(plan),
     ):
-        figures = evaluate_nvae(
-            module,
-            inputs,
-            targets,
-            test.spacing,
-            samples=cfg.samples,
-            temperature=cfg.temperature,
-            seed=plan.trainer.seed,
-            batch_size=plan.trainer.eval_batch_size,
-            device=eval_device(plan.trainer),
-        )
+        figures = evaluate_as_configured(module, inputs, targets, test.spacing, cfg, plan.trainer)
         net = module.model
         sizes = {"params_count": parameter_count(net), "model_mb": weights_mb(net)}
         log_metrics({**{k: figures[k] for k in KEYS if k in figures}, **sizes})

@@ -40,15 +40,13 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from seglab.config import CardiacParams, SegmentersParams, TrainerParams
-from seglab.data.splits import SPLITS
 from seglab.data.store import SliceSet
-from seglab.errors import ConfigError, SeglabError
-from seglab.evaluation.segmentation import TEST_KEYS, VOLUME_KEYS, dice_mean, evaluate
-from seglab.inference.postprocess import Method, choose
+from seglab.errors import ConfigError
+from seglab.evaluation.segmentation import TEST_KEYS, VOLUME_KEYS, choose_postprocess, evaluate
 from seglab.inference.segment import context_of, image_tensor, load_segmenter, predict_labels
 from seglab.io import atomic_file, write_record
 from seglab.models.segmenters import ARCHS, parameter_count, weights_mb
-from seglab.stages.artifacts import INSAMPLE, checkpoint_path, crossfit_path, load_prepared
+from seglab.stages.artifacts import INSAMPLE, load_prepared
 from seglab.stages.common import work_folder
 from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, set_tags, tracked_run
 from seglab.tracking.models import log_and_register
@@ -82,28 +80,8 @@ def _check_arch(params: SegmentersParams, arch: str) -> None:
         raise ConfigError(f"'{arch}' is not in segmenters.archs ({', '.join(params.archs)})")
 
 
-def _require(splits: dict[str, SliceSet], names: tuple[str, ...], folder: str) -> None:
-    for name in names:
-        if len(splits[name]) == 0:
-            raise SeglabError(
-                f"{folder}: the {name} split has no slices (too few patients per group to fill "
-                "every split; use more patients or change acdc.prepare.split)"
-            )
-
-
 def _tensors(slices: SliceSet, context: int) -> tuple[torch.Tensor, torch.Tensor]:
     return image_tensor(slices, context), torch.from_numpy(slices.label)
-
-
-def choose_postprocess(
-    module: SegmentationModule, val: SliceSet, trainer: TrainerParams, seg: SegmentersParams
-) -> tuple[tuple[Method, int], dict[str, float]]:
-    """The clean-up for ``module``: the params' method, or with ``auto`` the method and size
-    with the best validation Dice (never the test split); and each one's validation Dice."""
-    if seg.postprocess != "auto":
-        return (seg.postprocess, seg.postprocess_min_pixels), {}
-    pred = predict_labels(module, val, trainer, raw=True)
-    return choose(pred, lambda p: dice_mean(p, val))
 
 
 def patient_folds(meta: pd.DataFrame, folds: int, seed: int) -> dict[str, int]:
@@ -159,7 +137,6 @@ def _train(
         trainer,
         work,
         monitor=MONITOR,
-        mode="max",
         run_id=run_id,
         tracking_uri=tracking_uri,
         log_every_n_steps=1,  # the module logs per epoch only; this just silences the warning
@@ -208,7 +185,6 @@ def train_segmenter(
     _check_arch(seg, arch)
     root = Path(root)
     splits = load_prepared(params, root)
-    _require(splits, SPLITS, params.acdc.prepared)
     uri = configure(params.tracking, root)
     data_md5 = str(dvc_hash(Path(params.acdc.prepared), root))
     work_dirs: list[Path] = []
@@ -265,7 +241,7 @@ def train_segmenter(
         metrics = {**figures, **sizes, "epochs": epochs}
         export_checkpoint(
             final / "best.ckpt",
-            checkpoint_path(seg, arch, root),
+            seg.checkpoint_path(arch, root),
             {key: best.hparams[key] for key in ("postprocess", "min_pixels")},
         )
         write_curves(fitted.history, curves_path(seg, arch, root))
@@ -368,7 +344,7 @@ def _save_crossfit(
             "frame": train.meta["frame"].to_numpy(),
             "slice_index": train.meta["slice_index"].to_numpy(),
         }
-    with atomic_file(crossfit_path(seg, arch, root)) as tmp, tmp.open("wb") as fh:
+    with atomic_file(seg.crossfit_path(arch, root)) as tmp, tmp.open("wb") as fh:
         np.savez(fh, **arrays)
     write_record(root / seg.metrics / f"{arch}.crossfit.json", {"arch": arch, **summary})
     return summary
