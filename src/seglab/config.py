@@ -7,7 +7,7 @@ No other module reads params.yaml or the environment. Each pipeline (the cardiac
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -482,9 +482,6 @@ class SearchParams(Section):
     work: str = "data/work/search"  # per-trial checkpoints while the study runs
 
 
-CorrectorVariant = Literal[tuple(CORRECTORS)]  # type: ignore[valid-type]
-
-
 class CorrectorParams(Section):
     """One corrector: an NVAE from a segmenter's predicted mask (``nvae``, 4 input channels) or
     its 3-gram context (``context``, 12) to the ground truth. ``init_from_nvae`` starts the
@@ -513,11 +510,13 @@ class CorrectorsParams(Section):
     applied to every test row; ``<predictions>/<variant>.npz`` holds the corrected and gated
     test masks with the per-slice plausibility scores the report reads."""
 
-    variants: tuple[CorrectorVariant, ...] = ("nvae", "context")
-    nvae: CorrectorParams = CorrectorParams()
-    context: CorrectorParams = CorrectorParams(
-        model=NvaeParams(in_channels=12, beta=(1.0, 1.0, 5.0))
-    )
+    # One section per row of seglab.variants.CORRECTORS, under the row's name (``nvae``,
+    # ``context``): validated as CorrectorParams, the row's defaults where absent. A name that is
+    # no row is refused like any unknown key.
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, CorrectorParams] = Field(init=False)
+
+    variants: tuple[str, ...] = ("nvae", "context")
     gate: GateParams = GateParams()
     log_every_n_steps: int = Field(10, ge=1)
     figure_rows: int = Field(6, ge=1)
@@ -526,12 +525,45 @@ class CorrectorsParams(Section):
     predictions: str = "data/corrections"  # <variant>.npz: corrected + gated test masks, scores
     work: str = "data/work/correctors"  # checkpoints of an unfinished training (resumed)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        unknown = set(data) - set(cls.model_fields) - set(CORRECTORS)
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) {sorted(unknown)}: correctors holds a section per variant of "
+                f"seglab.variants.CORRECTORS ({', '.join(CORRECTORS)}) besides "
+                f"{', '.join(cls.model_fields)}"
+            )
+        defaults = {
+            v.name: {"model": {"in_channels": v.in_channels, **v.model_defaults}}
+            for v in CORRECTORS.values()
+            if v.name not in data
+        }
+        return {**defaults, **data}
+
+    @field_validator("variants")
+    @classmethod
+    def _known(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [n for n in names if n not in CORRECTORS]
+        if unknown:
+            raise ValueError(
+                f"unknown corrector variant(s) {unknown} (known: {', '.join(CORRECTORS)})"
+            )
+        return names
+
+    def variant(self, name: str) -> CorrectorParams:
+        """The section of corrector ``name`` (a row of ``seglab.variants.CORRECTORS``)."""
+        return (self.model_extra or {})[name]
+
     @model_validator(mode="after")
     def _channels(self) -> CorrectorsParams:
         # A partial `context.model` falls back to NvaeParams' defaults (4 channels), not to this
         # section's 12: say so instead of failing later on the data's shape.
         for variant in CORRECTORS.values():
-            got, channels = getattr(self, variant.name).model.in_channels, variant.in_channels
+            got, channels = self.variant(variant.name).model.in_channels, variant.in_channels
             if got != channels:
                 raise ValueError(
                     f"correctors.{variant.name}.model.in_channels must be {channels}, got {got}"

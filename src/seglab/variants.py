@@ -5,8 +5,8 @@ The NVAE of ground-truth masks (stage ``train_nvae``) and the correctors (stage
 ``train_corrector@<name>``) differ only in these facts; the config's choices, the corrector and
 search stages, the CLI's choices and the correction report all read them from here. Adding a
 corrector is one :class:`NvaeVariant` in :data:`CORRECTORS` plus its params section
-(``correctors.<name>``, a field of ``CorrectorsParams``) and its name in ``correctors.variants``
-(which DVC's ``foreach`` follows).
+(``correctors.<name>``: ``CorrectorsParams`` holds one per row) and its name in
+``correctors.variants`` (which DVC's ``foreach`` follows).
 
 >>> CORRECTORS["context"].registered, CORRECTORS["context"].in_channels
 ('acdc-nvae-context', 12)
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -40,6 +40,8 @@ class NvaeVariant:
         registered: its registered model name.
         search_target: what ``seglab search nvae --target`` calls it.
         study: the study's published figures for it, shown beside ours in the report.
+        model_defaults: its NVAE settings where its params section is absent (besides
+            ``in_channels``), e.g. the study's beta for the 3-gram corrector.
     """
 
     name: str
@@ -50,6 +52,7 @@ class NvaeVariant:
     registered: str
     search_target: str
     study: dict[str, float] = field(default_factory=dict)
+    model_defaults: dict[str, Any] = field(default_factory=dict)
 
     def folder(self, params: BaseModel) -> str:
         """Its input dataset's folder under ``params`` (the cardiac study's)."""
@@ -70,6 +73,7 @@ CORRECTORS: dict[str, NvaeVariant] = {
         NvaeVariant(
             "context", "context", "acdc3gram", "acdcseg.trigram", 12, "acdc-nvae-context",
             "context", study={"dice_mean": 0.8577, "improved": 41, "worsened": 112},
+            model_defaults={"beta": (1.0, 1.0, 5.0)},
         ),
     )
 }  # fmt: skip

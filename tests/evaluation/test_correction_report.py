@@ -18,8 +18,8 @@ from seglab.data.labels import LV, MYO, RV
 from seglab.data.phantom.acdc import write_acdc_phantom
 from seglab.data.prepare_acdc import prepare_acdc
 from seglab.data.store import load_split
-from seglab.evaluation.correction import mask_agreement
 from seglab.evaluation.correction_report import correction_report
+from seglab.inference.correction import mask_agreement
 from seglab.io import write_json
 from seglab.metrics.anatomy import check_slices
 from seglab.metrics.overlap import overlap, summarize_overlap

@@ -14,12 +14,10 @@ from seglab.data.phantom.masks import heart_masks
 from seglab.evaluation.nvae_report import (
     KEYS,
     evaluate_nvae,
-    generate,
-    input_labels,
-    reconstruct,
     reconstruction_figure,
     samples_figure,
 )
+from seglab.inference.nvae import generate, input_labels, reconstruct
 from seglab.metrics.anatomy import check_slices
 from seglab.models.nvae import Nvae
 from seglab.training.nvae_module import NvaeModule

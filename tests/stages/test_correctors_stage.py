@@ -22,13 +22,14 @@ from seglab.data.acdcseg import acdcseg_rows, concat, trigram_rows
 from seglab.data.labels import LV, RV
 from seglab.data.phantom.masks import heart_masks
 from seglab.data.store import SliceSet, load_split, save_split
-from seglab.errors import DataError
+from seglab.errors import ConfigError, DataError
 from seglab.stages import correctors
 from seglab.stages.artifacts import load_predictions
 from seglab.stages.correction_report import provenance
 from seglab.stages.correctors import train_corrector
 from seglab.training.nvae_fit import NvaeFit
 from seglab.training.nvae_module import NvaeModule
+from seglab.variants import CORRECTORS, NvaeVariant
 
 SIZE = 32
 ARCHS = ("unet", "attunet")
@@ -185,6 +186,48 @@ def test_report_stage_after_both_correctors(
         "attributes.run_name = 'correction-report'",
     )
     assert "before.dice_mean" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_a_new_corrector_is_one_table_row_and_its_params(
+    project: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """README, "Extending": a toy corrector (the plain corrector's input, another beta) added as
+    one row of ``seglab.variants.CORRECTORS`` plus its params section flows through the CLI's
+    train -> register -> report with no other change."""
+    toy = NvaeVariant(
+        "toy", "pred", "acdcseg", "acdcseg.out", 4, "acdc-nvae-toy", "toy",
+        model_defaults={"beta": (2.0, 2.0)},
+    )  # fmt: skip
+    monkeypatch.setitem(CORRECTORS, "toy", toy)
+    root = tmp_path / "project"
+    shutil.copytree(project, root, ignore=shutil.ignore_patterns("data", "models"))
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    trainer = raw["correctors"]["nvae"]["trainer"]
+    raw["correctors"] |= {
+        "variants": ["toy"],
+        "toy": {"model": tiny_model(4, [2.0, 2.0]), "trainer": trainer},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(root)
+
+    assert main(["train", "corrector", "--variant", "toy", "--params", "params.yaml"]) == 0
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("acdc-nvae-toy", "challenger")
+    assert version.tags["variant"] == "toy"
+    capsys.readouterr()
+    assert main(["evaluate", "correction", "--params", "params.yaml"]) == 0
+    saved = json.loads((root / "metrics/correction.json").read_text())
+    assert {"before", "toy", "toy-gated"} <= set(saved)
+    assert "toy" in (root / "reports/correction/report.md").read_text()
+    # the params section of a name that is no row is refused like any unknown key
+    raw["correctors"]["typo"] = raw["correctors"].pop("toy")
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="typo"):
+        load_params(root / "params.yaml", CardiacParams)
 
 
 def collapsed(in_channels: int, beta: list[float]) -> NvaeModule:

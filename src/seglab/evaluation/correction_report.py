@@ -11,7 +11,7 @@ segmenters' masks) and every corrected set in ``after``:
   (``emptied``), so erasing hearts neither raises validity nor counts as ``made_valid``.
 * Per slice, ``dsc`` = mean Dice of the structures present in the ground truth or the mask, and
   **1 when both are empty** (predicting nothing on a background slice is right; the same
-  convention as ``seglab.evaluation.correction.mask_agreement``). So removing a false positive
+  convention as ``seglab.inference.correction.mask_agreement``). So removing a false positive
   from a background slice counts as a full +1 improvement: the study's best "improvements" were
   such slices, which is why empty-ground-truth slices are also reported apart.
 * ``delta = dsc(gt, after) - dsc(gt, before)``: improved above ``params.changed``, worsened below
@@ -42,7 +42,7 @@ from monai.metrics import compute_roc_auc
 
 from seglab.config import CorrectionReportParams
 from seglab.data.labels import NUM_LABELS, STRUCTURES
-from seglab.evaluation.nvae_report import _legend, _show
+from seglab.evaluation.nvae_report import add_legend, show_mask
 from seglab.io import atomic_dir
 from seglab.metrics.anatomy import CRITERIA
 from seglab.metrics.clinical import INDICES, clinical_errors, clinical_indices
@@ -429,10 +429,10 @@ def _gallery_figure(
         row[0].imshow(image[i], cmap="gray", interpolation="nearest")
         row[0].set_title(captions[i], fontsize=8)
         row[0].axis("off")
-        _show(row[1], before[i], f"input, Dice {dice[0][i]:.3f}")
-        _show(row[2], after[i], f"corrected, Dice {dice[1][i]:.3f}")
-        _show(row[3], gt[i], "ground truth")
-    _legend(fig)
+        show_mask(row[1], before[i], f"input, Dice {dice[0][i]:.3f}")
+        show_mask(row[2], after[i], f"corrected, Dice {dice[1][i]:.3f}")
+        show_mask(row[3], gt[i], "ground truth")
+    add_legend(fig)
     return fig
 
 

@@ -33,11 +33,12 @@ from torch import Tensor
 
 from seglab.config import NvaeStageParams, TrainerParams
 from seglab.data.labels import NUM_LABELS, RV, STRUCTURE_LABELS, STRUCTURES
+from seglab.inference.nvae import generate, input_labels, reconstruct
 from seglab.metrics.anatomy import check_slices
 from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.nvae import Nvae
-from seglab.training.fit import default_eval_batch, eval_device
+from seglab.training.fit import eval_device
 from seglab.training.nvae_module import NvaeModule
 
 #: The figures' colours: background black, RV blue, MYO green, LV red (label order 0..3).
@@ -50,82 +51,6 @@ KEYS = (
     "target_validity",
     "sample_validity",
 )
-
-
-def _network(model: Nvae | NvaeModule) -> Nvae:
-    return model.model if isinstance(model, NvaeModule) else model
-
-
-def _device(net: Nvae, device: str | torch.device | None) -> torch.device:
-    return torch.device(device) if device is not None else next(net.parameters()).device
-
-
-def _labels(masks: Tensor) -> np.ndarray:
-    return masks.argmax(1).to(torch.uint8).cpu().numpy()
-
-
-def input_labels(inputs: Tensor | np.ndarray) -> np.ndarray:
-    """uint8 ``[N, H, W]`` label map of the current slice in one-hot inputs ``[N, 4 k, H, W]``
-    (the middle of the k stacked masks: the mask itself, or the centre of a 3-gram)."""
-    tensor = torch.as_tensor(inputs)
-    maps = tensor.shape[1] // NUM_LABELS
-    if tensor.ndim != 4 or maps * NUM_LABELS != tensor.shape[1]:
-        raise ValueError(f"inputs must be [N, 4k, H, W] one-hot, got {tuple(tensor.shape)}")
-    middle = maps // 2
-    return _labels(tensor[:, middle * NUM_LABELS : (middle + 1) * NUM_LABELS])
-
-
-@torch.no_grad()
-def reconstruct(
-    model: Nvae | NvaeModule,
-    inputs: Tensor,
-    *,
-    batch_size: int | None = None,
-    device: str | torch.device | None = None,
-) -> np.ndarray:
-    """uint8 ``[N, H, W]`` argmax labels decoded from the posterior means, in batches."""
-    net = _network(model)
-    dev, was_training = _device(net, device), net.training
-    batch_size = batch_size or default_eval_batch(dev)
-    net.to(dev).eval()
-    try:
-        parts = [
-            _labels(net.reconstruct(inputs[i : i + batch_size].to(dev).float()))
-            for i in range(0, len(inputs), batch_size)
-        ]
-    finally:
-        net.train(was_training)
-    height, width = inputs.shape[-2:]
-    return np.concatenate(parts) if parts else np.zeros((0, height, width), np.uint8)
-
-
-@torch.no_grad()
-def generate(
-    model: Nvae | NvaeModule,
-    n: int,
-    *,
-    temperature: float = 1.0,
-    seed: int = 0,
-    batch_size: int | None = None,
-    device: str | torch.device | None = None,
-) -> np.ndarray:
-    """uint8 ``[n, H, W]`` masks decoded from the prior, seeded (the global RNG is untouched)."""
-    net = _network(model)
-    dev, was_training = _device(net, device), net.training
-    batch_size = batch_size or default_eval_batch(dev)
-    net.to(dev).eval()
-    fork = [dev.index or 0] if dev.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=fork):
-            torch.manual_seed(seed)
-            parts = [
-                _labels(net.sample(min(batch_size, n - i), temperature))
-                for i in range(0, n, batch_size)
-            ]
-    finally:
-        net.train(was_training)
-    size = net.image_size
-    return np.concatenate(parts) if parts else np.zeros((0, size, size), np.uint8)
 
 
 def evaluate_nvae(
@@ -150,7 +75,7 @@ def evaluate_nvae(
         raise ValueError("nothing to evaluate: no slices")
     spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (len(inputs), 2))
     recon = reconstruct(model, inputs, batch_size=batch_size, device=device)
-    target_labels = _labels(torch.as_tensor(targets)) if np.ndim(targets) == 4 else targets
+    target_labels = input_labels(targets) if np.ndim(targets) == 4 else targets
     target_labels = np.asarray(target_labels, dtype=np.uint8)
     summary = summarize_overlap(overlap(recon, target_labels, spacing))
     validity = check_against(recon, target_labels, spacing).summary()
@@ -208,13 +133,15 @@ def _picks(labels: np.ndarray, rows: int) -> np.ndarray:
     return pool[np.linspace(0, len(pool) - 1, min(rows, len(pool))).round().astype(int)]
 
 
-def _show(ax: Any, mask: np.ndarray, title: str) -> None:
+def show_mask(ax: Any, mask: np.ndarray, title: str) -> None:
+    """One label map on ``ax`` in the report colours (every report's mask panels look alike)."""
     ax.imshow(mask, cmap=COLOURS, vmin=0, vmax=NUM_LABELS - 1, interpolation="nearest")
     ax.set_title(title, fontsize=8)
     ax.axis("off")
 
 
-def _legend(fig: Figure) -> None:
+def add_legend(fig: Figure) -> None:
+    """The structures' colour key under ``fig``."""
     names = {label: name.upper() for label, name in zip(STRUCTURE_LABELS, STRUCTURES, strict=True)}
     handles = [Patch(color=COLOURS(label), label=names[label]) for label in range(RV, NUM_LABELS)]
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
@@ -242,9 +169,9 @@ def reconstruction_figure(
     for row, i, score in zip(axes, picks, dice, strict=True):
         caption = f"{captions[i]}: " if captions is not None else ""
         for ax, (name, masks) in zip(row, columns, strict=False):
-            _show(ax, masks[i], f"{caption}{name}")
-        _show(row[-1], recon[i], f"reconstruction, Dice {score:.3f}")
-    _legend(fig)
+            show_mask(ax, masks[i], f"{caption}{name}")
+        show_mask(row[-1], recon[i], f"reconstruction, Dice {score:.3f}")
+    add_legend(fig)
     return fig
 
 
@@ -265,6 +192,6 @@ def samples_figure(
         failed = result.failed(i)
         extra = f" (+{len(failed) - 1})" if len(failed) > 1 else ""
         title = f"{failed[0]}{extra}" if failed else "valid" if shown[i].any() else "empty"
-        _show(ax, shown[i], title)
-    _legend(fig)
+        show_mask(ax, shown[i], title)
+    add_legend(fig)
     return fig

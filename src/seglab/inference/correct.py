@@ -4,10 +4,10 @@ The volume (ACDC labels: 0 background, 1 RV, 2 MYO, 3 LV) and its MR image are p
 like the training data, cropped around the volume's own heart (:mod:`seglab.data.geometry`);
 the corrector maps each slice (a 4-channel corrector) or each slice's 3-gram (previous, current
 and next slice, an all-background map beyond the ends; a 12-channel corrector) to a corrected
-slice (:func:`seglab.evaluation.correction.correct`), and the changes are written back in the
+slice (:func:`seglab.inference.correction.correct`), and the changes are written back in the
 volume's own geometry: same shape, affine, header and spacing; slices the correction did not
 change, and every voxel outside the crop, keep their labels bit for bit. ``gated`` keeps a
-slice's input unless the corrector earns the change (:func:`seglab.evaluation.correction.gate`),
+slice's input unless the corrector earns the change (:func:`seglab.inference.correction.gate`),
 as in the correction study.
 
 The model is a registry URI (``models:/acdc-nvae-corrector@champion``, ``models:/NAME/N``,
@@ -35,7 +35,7 @@ from seglab.data.acdcseg import onehot, trigram_context
 from seglab.data.geometry import merge, to_slices
 from seglab.data.store import SliceSet
 from seglab.errors import SeglabError
-from seglab.evaluation.correction import correct, gate, mask_agreement
+from seglab.inference.correction import correct, gate, mask_agreement
 from seglab.inference.nvae import CHECKPOINT, load_nvae
 from seglab.inference.volume import NIFTI_SUFFIXES, read_image, read_labels, spacing_of, write_like
 from seglab.io import atomic_file

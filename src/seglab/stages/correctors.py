@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from seglab.config import CardiacParams, CorrectorVariant, NvaeStageParams
+from seglab.config import CardiacParams, NvaeStageParams
 from seglab.data.acdcseg import nvae_tensors
 from seglab.data.store import SliceSet, load_splits
 from seglab.errors import ConfigError
-from seglab.evaluation.correction import correct, gate, mask_agreement, plausibility
 from seglab.evaluation.nvae_report import reconstruction_figure
+from seglab.inference.correction import correct, gate, mask_agreement, plausibility
 from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor, load_nvae
 from seglab.io import atomic_file, write_record
 from seglab.metrics.anatomy import check_slices
@@ -81,7 +81,7 @@ def _save_predictions(target: Path, test: SliceSet, arrays: dict[str, np.ndarray
 
 def train_corrector(
     params: CardiacParams,
-    variant: CorrectorVariant,
+    variant: str,
     *,
     root: Path = Path("."),
     params_file: Path | None = None,
@@ -91,7 +91,7 @@ def train_corrector(
     if variant not in CORRECTORS:
         raise ConfigError(f"unknown corrector variant '{variant}' ({', '.join(CORRECTORS)})")
     cfg = params.correctors
-    variant_cfg = getattr(cfg, variant)
+    variant_cfg = cfg.variant(variant)
     kind = CORRECTORS[variant]
     root = Path(root)
     dataset = kind.folder(params)

@@ -42,13 +42,10 @@ from seglab.data.store import SliceSet
 from seglab.evaluation.nvae_report import (
     KEYS,
     evaluate_as_configured,
-    generate,
-    input_labels,
-    reconstruct,
     reconstruction_figure,
     samples_figure,
 )
-from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor
+from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor, generate, input_labels, reconstruct
 from seglab.io import write_record
 from seglab.models.nvae import KLDivergenceError
 from seglab.models.segmenters import parameter_count, weights_mb

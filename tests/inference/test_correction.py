@@ -9,7 +9,7 @@ import torch
 from seglab.config import GateParams, NvaeParams
 from seglab.data.labels import RV
 from seglab.data.phantom.masks import heart_masks
-from seglab.evaluation.correction import correct, gate, mask_agreement, plausibility
+from seglab.inference.correction import correct, gate, mask_agreement, plausibility
 from seglab.models.nvae import Nvae
 
 SIZE = 32

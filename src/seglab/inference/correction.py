@@ -21,12 +21,11 @@ import torch
 
 from seglab.config import GateParams
 from seglab.data.acdcseg import onehot
-from seglab.evaluation.nvae_report import reconstruct
+from seglab.data.labels import STRUCTURE_LABELS
+from seglab.inference.nvae import reconstruct
 from seglab.metrics.emptied import emptied
 from seglab.models.nvae import Nvae
 from seglab.training.nvae_module import NvaeModule
-
-STRUCTURES = (1, 2, 3)  # RV, MYO, LV
 
 
 def correct(
@@ -54,8 +53,8 @@ def mask_agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     any (two empty masks agree)."""
     if a.shape != b.shape:
         raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
-    scores = np.full((len(a), len(STRUCTURES)), np.nan)
-    for k, label in enumerate(STRUCTURES):
+    scores = np.full((len(a), len(STRUCTURE_LABELS)), np.nan)
+    for k, label in enumerate(STRUCTURE_LABELS):
         x, y = a == label, b == label
         inter = (x & y).sum(axis=(1, 2))
         total = x.sum(axis=(1, 2)) + y.sum(axis=(1, 2))
