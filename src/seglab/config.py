@@ -207,6 +207,13 @@ class NvaeParams(Section):
     spectral_lambda: float = Field(0.0, ge=0)
     optim: NvaeOptimParams = NvaeOptimParams()
 
+    def network(self) -> dict[str, Any]:
+        """The network's own arguments (:class:`seglab.models.nvae.Nvae`; the image size is the
+        data's): the rest of this section is the objective's and the optimiser's."""
+        keys = ("in_channels", "num_classes", "stem_channels", "preprocess_blocks")
+        keys += ("groups_per_scale", "latent_channels", "bn_momentum")
+        return {key: getattr(self, key) for key in keys}
+
     @model_validator(mode="after")
     def _beta_per_scale(self) -> NvaeParams:
         if len(self.beta) != len(self.groups_per_scale):

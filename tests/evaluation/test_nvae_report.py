@@ -47,7 +47,7 @@ def tiny_params() -> NvaeParams:
 
 def tiny() -> Nvae:
     torch.manual_seed(0)
-    return Nvae(tiny_params(), SIZE)
+    return Nvae(**tiny_params().network(), image_size=SIZE)
 
 
 def test_hearts_are_anatomically_valid() -> None:

@@ -30,7 +30,7 @@ def tiny(in_channels: int) -> Nvae:
         beta=(1.0, 1.0),
     )
     torch.manual_seed(0)
-    return Nvae(params, SIZE).eval()
+    return Nvae(**params.network(), image_size=SIZE).eval()
 
 
 def test_agreement_is_one_for_equal_masks_and_for_two_empty_ones() -> None:

@@ -52,7 +52,7 @@ class NvaeModule(L.LightningModule):
         self.save_hyperparameters(
             {"params": self.params.model_dump(mode="json"), "image_size": image_size}
         )
-        self.model = Nvae(self.params, image_size)
+        self.model = Nvae(**self.params.network(), image_size=image_size)
         self.spectral = SpectralRegularizer(self.model) if self.params.spectral_lambda > 0 else None
         self.overlap = EpochOverlap(range(1, self.params.num_classes), self.params.num_classes)
 

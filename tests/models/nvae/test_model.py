@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from seglab.config import NvaeParams
 from seglab.errors import ConfigError
 from seglab.models.nvae import Nvae
 
@@ -23,7 +22,7 @@ def _is_one_hot(x: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("in_channels", [4, 12])
 def test_default_model_shapes_at_128(in_channels: int) -> None:
-    model = Nvae(NvaeParams(in_channels=in_channels), image_size=128)
+    model = Nvae(in_channels=in_channels, image_size=128)
     out = model(_masks(2, 128, in_channels))
     assert out.logits.shape == (2, 4, 128, 128)
     # decoder order: 1 group at 4x4, 2 at 8x8, 4 at 16x16; scale 0 is the finest
@@ -37,8 +36,7 @@ def test_default_model_shapes_at_128(in_channels: int) -> None:
 
 @pytest.mark.parametrize(("size", "top"), [(64, 2), (96, 3), (72, 3)])
 def test_other_sizes(size: int, top: int) -> None:
-    params = NvaeParams(in_channels=12, groups_per_scale=(1, 1, 1), latent_channels=4)
-    model = Nvae(params, image_size=size)
+    model = Nvae(in_channels=12, groups_per_scale=(1, 1, 1), latent_channels=4, image_size=size)
     out = model(_masks(2, size, 12))
     assert out.logits.shape == (2, 4, size, size)
     assert model.top_map.shape[-2:] == (top, top)
@@ -47,10 +45,10 @@ def test_other_sizes(size: int, top: int) -> None:
 
 def test_sizes_that_do_not_fit_are_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="image size 16 is too small"):
-        Nvae(NvaeParams(), image_size=16)
+        Nvae(image_size=16)
     with pytest.raises(ConfigError, match="groups_per_scale"):
-        Nvae(NvaeParams(groups_per_scale=(2, 0), beta=(1.0, 1.0)), image_size=64)
-    model = Nvae(NvaeParams(groups_per_scale=(1, 1, 1)), image_size=64)
+        Nvae(groups_per_scale=(2, 0), image_size=64)
+    model = Nvae(groups_per_scale=(1, 1, 1), image_size=64)
     with pytest.raises(ConfigError, match=r"takes \[B, 4, 64, 64\]"):
         model(_masks(1, 128))
     with pytest.raises(ConfigError, match="in_channels"):
@@ -59,14 +57,7 @@ def test_sizes_that_do_not_fit_are_a_clear_error() -> None:
 
 def _small(seed: int = 0) -> Nvae:
     torch.manual_seed(seed)
-    params = NvaeParams(
-        stem_channels=4,
-        preprocess_blocks=1,
-        groups_per_scale=(2, 1),
-        beta=(1.0, 1.0),
-        latent_channels=4,
-    )
-    return Nvae(params, image_size=32)
+    return Nvae(preprocess_blocks=1, groups_per_scale=(2, 1), latent_channels=4, image_size=32)
 
 
 def test_a_group_with_zero_residual_has_zero_kl() -> None:

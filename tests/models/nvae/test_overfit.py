@@ -37,7 +37,7 @@ def test_tiny_nvae_overfits_a_handful_of_masks() -> None:
         beta=(1.0, 1.0),
         kl_warmup_steps=10_000,
     )
-    model = Nvae(params, image_size=32)
+    model = Nvae(**params.network(), image_size=32)
     o = params.optim
     opt = torch.optim.Adamax(
         model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay

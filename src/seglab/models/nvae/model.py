@@ -37,7 +37,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from seglab.config import NvaeParams
 from seglab.errors import ConfigError
 from seglab.models.nvae.cells import DecoderCell, EncoderCell
 from seglab.models.nvae.distributions import Gaussian
@@ -120,14 +119,36 @@ class LatentGroup(nn.Module):
 
 
 class Nvae(nn.Module):
-    """The NVAE of :mod:`seglab.models.nvae` (see the module docstring for the layout)."""
+    """The NVAE of :mod:`seglab.models.nvae` (see the module docstring for the layout).
 
-    def __init__(self, params: NvaeParams, image_size: int = 128) -> None:
+    Args:
+        in_channels: one-hot input channels (4 for a mask, 12 for a 3-gram of masks).
+        num_classes: output classes (4: background, RV, MYO, LV).
+        stem_channels: width after the stem (the study's "channels after stem"); doubles at
+            every stride-2 block.
+        preprocess_blocks: stride-2 encoder blocks between the stem and the finest latent scale.
+        groups_per_scale: latent groups per scale, finest first (the study's (4, 2, 1)).
+        latent_channels: channels of each latent group.
+        bn_momentum: batch-norm momentum of every cell.
+        image_size: side of the square input.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 4,
+        num_classes: int = 4,
+        stem_channels: int = 4,
+        preprocess_blocks: int = 3,
+        groups_per_scale: Sequence[int] = (4, 2, 1),
+        latent_channels: int = 20,
+        bn_momentum: float = 0.05,
+        image_size: int = 128,
+    ) -> None:
         super().__init__()
-        groups = params.groups_per_scale
+        groups = tuple(groups_per_scale)
         if not groups or min(groups) < 1:
             raise ConfigError(f"nvae.groups_per_scale must be >= 1 per scale, got {groups}")
-        prep, n_scales, m = params.preprocess_blocks, len(groups), params.bn_momentum
+        prep, n_scales, m = preprocess_blocks, len(groups), bn_momentum
         levels = prep + n_scales
         if image_size < 2 ** (levels - 1):
             raise ConfigError(
@@ -137,12 +158,12 @@ class Nvae(nn.Module):
         sizes = [image_size]
         for _ in range(levels - 1):
             sizes.append(-(-sizes[-1] // 2))
-        widths = [params.stem_channels * 2**k for k in range(levels)]
-        self.in_channels = params.in_channels
-        self.num_classes = params.num_classes
+        widths = [stem_channels * 2**k for k in range(levels)]
+        self.in_channels = in_channels
+        self.num_classes = num_classes
         self.image_size = image_size
 
-        self.stem = nn.Conv2d(params.in_channels, widths[0], 3, padding=1)
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1)
         self.preprocess = nn.Sequential(
             *(EncoderCell(widths[k], widths[k + 1], m, stride=2) for k in range(prep))
         )
@@ -167,7 +188,7 @@ class Nvae(nn.Module):
                 self.decoder.append(
                     LatentGroup(
                         widths[k],
-                        params.latent_channels,
+                        latent_channels,
                         m,
                         top=not scales,
                         upsample_from=(widths[k + 1], sizes[k]) if entering else None,
@@ -181,7 +202,7 @@ class Nvae(nn.Module):
                 for k in reversed(range(prep))
             )
         )
-        self.head = _head(widths[0], params.num_classes)
+        self.head = _head(widths[0], num_classes)
 
     def forward(self, x: Tensor, sample: bool = True) -> NvaeOutput:
         """Encode, decode through the posterior (sampled, or its means with ``sample=False``)."""
