@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from seglab.errors import SeglabError, WorkerFinished
 from seglab.variants import CORRECTORS, SEARCH_TARGETS
@@ -349,6 +349,10 @@ def _lgg(args: argparse.Namespace) -> int:
     return 0
 
 
+PARAMS_HELP = "params file (default: params.yaml)"
+TRACKING_HELP = "params file whose tracking section names the store (default: params.yaml)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import version
 
@@ -358,6 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"seglab {version('seglab')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    for add_commands in (
+        _data_commands,
+        _tracking_commands,
+        _server_commands,
+        _training_commands,
+        _inference_commands,
+        _dataset_commands,
+        _search_commands,
+    ):
+        add_commands(sub)
+    return parser
+
+
+def _data_commands(sub: Any) -> None:
+    """Inspect, generate and prepare datasets; check a label volume."""
     data = sub.add_parser("data", help="inspect raw datasets").add_subparsers(
         dest="data_command", required=True
     )
@@ -387,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     anatomy.add_argument("--json", action="store_true", help="machine-readable report")
     anatomy.set_defaults(func=_anatomy)
 
-    tracking_help = "params file whose tracking section names the store (default: params.yaml)"
+
+def _tracking_commands(sub: Any) -> None:
+    """The registry and promotions."""
+    tracking_help = TRACKING_HELP
     promote = sub.add_parser(
         "promote", help="move a model's champion alias to a better candidate, recorded"
     )
@@ -452,9 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --model best: when no segmenter has a champion, say so and register nothing",
     )
     pipeline.add_argument("--out", help="also write what was registered as JSON (a DVC output)")
-    pipeline.add_argument("--params", help="params file (default: params.yaml)")
+    pipeline.add_argument("--params", help=PARAMS_HELP)
     pipeline.set_defaults(func=_registry_pipeline)
 
+
+def _server_commands(sub: Any) -> None:
+    """The tracking server and run comparison."""
+    tracking_help = TRACKING_HELP
     server = sub.add_parser("server", help="MLflow tracking server + UI (tracking.server params)")
     server.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     server.add_argument("--port", type=int, help="port to listen on (default 5000)")
@@ -485,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--params", help=tracking_help)
     compare.set_defaults(func=_runs_compare)
 
+
+def _training_commands(sub: Any) -> None:
+    """The training and evaluation stages of the cardiac study."""
     train_sub = sub.add_parser("train", help="train a model (DVC stages)").add_subparsers(
         dest="train_command", required=True
     )
@@ -496,14 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     segmenter.add_argument(
         "--arch", required=True, help="unet | resunet | attunet | swinunetr (segmenters.archs)"
     )
-    segmenter.add_argument("--params", help="params file (default: params.yaml)")
+    segmenter.add_argument("--params", help=PARAMS_HELP)
     segmenter.set_defaults(func=_train_segmenter)
     nvae = train_sub.add_parser(
         "nvae",
         help="train the NVAE on ground-truth masks, test its reconstructions and samples, "
         "register it as acdc-nvae (MLflow experiment acdc-nvae)",
     )
-    nvae.add_argument("--params", help="params file (default: params.yaml)")
+    nvae.add_argument("--params", help=PARAMS_HELP)
     nvae.add_argument(
         "--overlay",
         action="append",
@@ -524,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(CORRECTORS),
         help="nvae: from single predicted masks (ACDCSeg); context: from their 3-gram",
     )
-    corrector.add_argument("--params", help="params file (default: params.yaml)")
+    corrector.add_argument("--params", help=PARAMS_HELP)
     corrector.set_defaults(func=_train_corrector)
 
     evaluate = sub.add_parser("evaluate", help="evaluation stages").add_subparsers(
@@ -535,9 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the correction study's report: Dice, validity, clinical indices and QC before "
         "and after correction (metrics/correction.json, reports/correction)",
     )
-    correction.add_argument("--params", help="params file (default: params.yaml)")
+    correction.add_argument("--params", help=PARAMS_HELP)
     correction.set_defaults(func=_evaluate_correction)
 
+
+def _inference_commands(sub: Any) -> None:
+    """Segment and correct new volumes with registered models."""
     correct = sub.add_parser(
         "correct",
         help="correct a label volume (ACDC labels 0..3) with a registered NVAE corrector; "
@@ -556,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gated", action="store_true", help="keep input slices unless the corrector earns it"
     )
     correct.add_argument("--qc", help="per-slice QC scores as CSV (default: OUT with .qc.csv)")
-    correct.add_argument("--params", help="params file (default: params.yaml)")
+    correct.add_argument("--params", help=PARAMS_HELP)
     correct.set_defaults(func=_correct)
 
     segment = sub.add_parser(
@@ -597,9 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a registry URI or a corrector checkpoint (.ckpt)",
     )
     segment.add_argument("--report", help="write the report (JSON) here")
-    segment.add_argument("--params", help="params file (default: params.yaml)")
+    segment.add_argument("--params", help=PARAMS_HELP)
     segment.set_defaults(func=_segment)
 
+
+def _dataset_commands(sub: Any) -> None:
+    """ACDCSeg and its 3-gram; the brain study's stages."""
     acdcseg = sub.add_parser(
         "acdcseg", help="the segmenters' predicted masks as datasets (DVC stages)"
     ).add_subparsers(dest="acdcseg_command", required=True)
@@ -608,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("trigram", "ACDCSeg -> prev/current/next predicted slices -> acdcseg.trigram"),
     ):
         command = acdcseg.add_parser(name, help=text)
-        command.add_argument("--params", help="params file (default: params.yaml)")
+        command.add_argument("--params", help=PARAMS_HELP)
         command.set_defaults(func=_acdcseg)
 
     lgg = sub.add_parser(
@@ -630,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     lgg_compare.add_argument("--params", help=f"params file (default: {BRAIN_PARAMS})")
     lgg_compare.set_defaults(func=_lgg)
 
+
+def _search_commands(sub: Any) -> None:
+    """Optuna searches."""
     search = sub.add_parser("search", help="Optuna searches (DVC stage search_nvae)")
     search_sub = search.add_subparsers(dest="search_command", required=True)
     nvae_search = search_sub.add_parser(
@@ -662,9 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also maximise anatomical validity (Pareto front)",
     )
     nvae_search.add_argument("--workers", type=int, help="worker processes on this machine")
-    nvae_search.add_argument("--params", help="params file (default: params.yaml)")
+    nvae_search.add_argument("--params", help=PARAMS_HELP)
     nvae_search.set_defaults(func=_search_nvae)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
