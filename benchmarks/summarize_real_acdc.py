@@ -10,8 +10,12 @@ are recomputed from their checkpoints on the run's test split with this checkout
 ``emptied`` count, the per-volume Dice) applies to the same models; ``code_commit`` and
 ``commit`` then say which code measured and which trained.
 
+A segmenter retrained later in another project folder (a newer recipe) is taken from there with
+``--segmenter ARCH=FOLDER``; its row then carries that folder's commit, and the correctors' rows
+keep saying which segmenters fed them (``correction_inputs_commit``).
+
     uv run --frozen python benchmarks/summarize_real_acdc.py /path/to/project \\
-        --out reports/real-acdc
+        --segmenter resunet=/path/to/newer --out reports/real-acdc
 """
 
 from __future__ import annotations
@@ -122,20 +126,27 @@ def where_lost(pred: Any, test: Any) -> dict[str, dict[str, float]]:
     return out
 
 
-def collect(project: Path, params: CardiacParams, recompute: bool) -> dict[str, Any]:
+def collect(
+    project: Path,
+    params: CardiacParams,
+    recompute: bool,
+    elsewhere: dict[str, tuple[Path, CardiacParams]] | None = None,
+) -> dict[str, Any]:
+    """The run's figures; ``elsewhere`` maps an architecture to the project (and params) that
+    trained it when that is not ``project``."""
     meta = _read(project / params.acdc.prepared / "meta.json") or {}
-    seg_dir = project / params.segmenters.metrics
     segmenters: dict[str, Any] = {}
     for arch in params.segmenters.archs:
-        figures = _read(seg_dir / f"{arch}.json")
+        folder, run = (elsewhere or {}).get(arch, (project, params))
+        figures = _read(folder / run.segmenters.metrics / f"{arch}.json")
         # The metrics files are tracked in git (the quick profile's): without the checkpoint
         # this run trained, the file is not this run's.
-        if figures is None or not params.segmenters.checkpoint_path(arch, project).is_file():
+        if figures is None or not run.segmenters.checkpoint_path(arch, folder).is_file():
             continue
         if recompute:
-            figures = {**figures, **reevaluate(project, params, arch)}
+            figures = {**figures, **reevaluate(folder, run, arch)}
         row = {k: figures.get(k) for k in (*SEGMENTER_KEYS, *EXTRA_KEYS)}
-        segmenters[arch] = {**row, "study_dice_mean": STUDY[arch]}
+        segmenters[arch] = {**row, "study_dice_mean": STUDY[arch], "commit": _commit(folder)}
     correctors: dict[str, Any] = {}
     for variant in params.correctors.variants:
         figures = _read(project / params.correctors.metrics / f"{variant}.json")
@@ -170,6 +181,7 @@ def collect(project: Path, params: CardiacParams, recompute: bool) -> dict[str, 
         "nvae": None if nvae is None else {k: nvae.get(k) for k in FIGURE_KEYS},
         "correctors": correctors,
         "correction": _read(project / params.correction.metrics) if correctors else None,
+        "correction_inputs_commit": _commit(project) if correctors else None,
     }
 
 
@@ -190,8 +202,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{summary['cores']} cores.",
         "",
         "| segmenter | Dice mean | LV | MYO | RV | HD95 mm | validity | emptied | 3D Dice "
-        "| train min | epochs | params | clean-up (val) | study Dice |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| train min | epochs | params | clean-up (val) | study Dice | trained at |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arch, r in summary["segmenters"].items():
         cells = [arch, *(_cell(r[k]) for k in FIGURE_KEYS[:4]), _cell(r["hd95_mean"], 1)]
@@ -199,6 +211,7 @@ def markdown(summary: dict[str, Any]) -> str:
         cells += [_cell((r["train_seconds"] or 0) / 60, 1)]
         cells += [_cell(r["epochs"]), f"{(r['params_count'] or 0) / 1e6:.2f}M"]
         cells += [_cell(r.get("postprocess")), _cell(r["study_dice_mean"], 4)]
+        cells += [f"`{r.get('commit', '')[:7]}`"]
         lines.append("| " + " | ".join(cells) + " |")
     lost = {a: r["where_lost"] for a, r in summary["segmenters"].items() if r.get("where_lost")}
     if lost:
@@ -220,6 +233,9 @@ def markdown(summary: dict[str, Any]) -> str:
                 lines.append("| " + " | ".join(cells) + " |")
     if summary["correctors"]:
         lines += [
+            "",
+            f"Correctors: inputs are the masks of the segmenters trained at "
+            f"`{(summary.get('correction_inputs_commit') or '')[:7]}`.",
             "",
             "| corrector | input Dice | Dice mean | LV | MYO | RV | HD95 mm | input validity "
             "| validity | study Dice |",
@@ -244,15 +260,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="store_false",
         help="take the segmenters' test figures from the run's metrics files as they are",
     )
+    parser.add_argument(
+        "--segmenter",
+        action="append",
+        default=[],
+        metavar="ARCH=FOLDER",
+        help="take this architecture from another project folder (a later training)",
+    )
     args = parser.parse_args(argv)
     project = args.project.resolve()
     params = load_params(project / args.params, CardiacParams)
-    summary = collect(project, params, args.reevaluate)
+    elsewhere = {}
+    for item in args.segmenter:
+        arch, _, folder = item.partition("=")
+        folder_path = Path(folder).resolve()
+        elsewhere[arch] = (folder_path, load_params(folder_path / args.params, CardiacParams))
+    summary = collect(project, params, args.reevaluate, elsewhere)
     out = args.out
     (out / "curves").mkdir(parents=True, exist_ok=True)
     curves = []
     for arch in summary["segmenters"]:
-        source = project / params.segmenters.metrics / f"{arch}.curves.csv"
+        folder, run = elsewhere.get(arch, (project, params))
+        source = folder / run.segmenters.metrics / f"{arch}.curves.csv"
         if source.is_file():
             shutil.copy(source, out / "curves" / source.name)
             curves.append(f"{arch}={out / 'curves' / source.name}")

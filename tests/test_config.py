@@ -140,6 +140,30 @@ def test_every_profile_validates_and_correctors_keep_their_channels(tmp_path: Pa
         load_params(path, CardiacParams)
 
 
+def test_quick_per_network_budgets_do_not_leak_into_the_other_profiles(tmp_path: Path) -> None:
+    """A profile merges over the quick values, so a network the quick profile shortens keeps
+    that budget elsewhere unless the profile restates it: the study's sizes train the study's
+    100 epochs on every batch, and no cpu network is left with a quick budget."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def budgets(profile: str) -> dict[str, tuple[int, float | int]]:
+        path = tmp_path / f"{profile}.yaml"
+        path.write_text(yaml.safe_dump({**raw, "profile": profile}))
+        seg = load_params(path, CardiacParams).segmenters
+        return {
+            arch: (
+                seg.train_for(arch).trainer.max_epochs,
+                seg.train_for(arch).trainer.limit_train_batches,
+            )
+            for arch in seg.archs
+        }
+
+    quick = budgets("quick")
+    assert set(budgets("full").values()) == {(100, 1.0)}
+    for arch, budget in budgets("cpu").items():
+        assert budget != quick[arch] and budget[1] == 1.0, arch
+
+
 def test_search_model_overrides_every_trial_and_is_checked_at_load(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text("search:\n  model: {kl_warmup_steps: 60, optim: {warmup_steps: 20}}\n")

@@ -75,3 +75,41 @@ def test_dry_run_trains_and_reports_every_model(tmp_path: Path, bench: object) -
         assert row["epochs"] == 1 and row["slices_per_second"] > 0
         assert 0 <= row["test"]["dice_mean"] <= 1 and "hd95_mean" in row["test"]
         assert row["peak_gpu_memory_gib"] is None  # the CPU has none
+
+
+@pytest.mark.slow
+def test_search_dry_run_counts_trials_per_worker_count(tmp_path: Path, bench: object) -> None:
+    """The search's throughput as the GPU runs it (Optuna carried, no SQLAlchemy or MLflow):
+    every worker count gets its row, and only trials that ran all their epochs count."""
+    sys.modules["pack"].make_pack(prepared(tmp_path / "prepared"), tmp_path / "p.npz")
+    out = tmp_path / "search.json"
+    pack = tmp_path / "p.npz"
+    args = f"--pack {pack} --tiny --workers 1 2 --minutes 0.75 --trial-epochs 1 --out {out}".split()
+    absent = (ABSENT - {"optuna"}) | {"sqlalchemy", "alembic"}
+    code = WITHOUT.format(absent=absent, script=str(GPU / "bench_search.py"), args=args)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trials/h" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["workers"] for row in rows] == [1, 2]
+    for row in rows:  # one-epoch trials: every epoch inside the window is a finished trial
+        assert row["epochs_per_hour"] > 0 and row["study_grid_hours"] > 0
+        assert row["trials_per_hour"] == pytest.approx(row["epochs_per_hour"], rel=0.5)
+        assert 0 <= row["best_val_dice"] <= 1
+
+
+def test_search_counts_only_trials_that_trained_every_epoch_in_the_window(bench: object) -> None:
+    import optuna
+
+    search = importlib.import_module("bench_search")
+
+    def trial(epochs: int, finished: float, state: str = "COMPLETE") -> object:
+        done = optuna.trial.TrialState[state]
+        return optuna.trial.create_trial(
+            state=done,
+            value=0.5 if done == optuna.trial.TrialState.COMPLETE else None,
+            user_attrs={"epochs": epochs, "finished": finished},
+        )
+
+    trials = [trial(5, 90.0), trial(3, 99.0), trial(5, 101.0), trial(5, 50.0, "FAIL")]
+    assert search.finished_trials(trials, 5, deadline=100.0) == trials[:1]
