@@ -40,6 +40,7 @@ from bench_gpu import Utilisation, full_params, on_device, peak_memory_gib, trai
 from pack import load_pack  # noqa: E402
 
 from seglab.data.acdcseg import nvae_tensors  # noqa: E402
+from seglab.quiet import quiet_libraries  # noqa: E402
 from seglab.search.space import SearchSpace  # noqa: E402
 from seglab.training.nvae_fit import train_nvae_model  # noqa: E402
 from seglab.training.segmenters import MONITOR  # noqa: E402
@@ -54,8 +55,6 @@ def storage(journal: Path) -> JournalStorage:
 def worker(journal: Path, clock: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Load, report ready, then take trials from the study in ``journal`` until the deadline
     the parent sets once every worker is ready (start-up is not counted in the window)."""
-    from seglab.quiet import quiet_libraries
-
     quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = full_params(args.tiny)
@@ -181,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, 2 batches: a dry run")
     args = parser.parse_args(argv)
+    quiet_libraries()
     study_rate = STUDY["trainings"] / STUDY["hours"]
     print(f"the study: {STUDY['trainings']} trainings in {STUDY['hours']:.0f} h", flush=True)
     rows = []
@@ -204,7 +204,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from seglab.quiet import quiet_libraries
-
-    quiet_libraries()
     main()
