@@ -66,16 +66,13 @@ def worker(journal: Path, clock: Any, args: argparse.Namespace) -> dict[str, Any
     ready.put(True)
     go.wait()
     deadline = shared_deadline.value
-    epochs = 0
 
     def objective(trial: optuna.Trial) -> float:
-        nonlocal epochs
         model = space.apply(params.nvae.model, space.suggest(trial))
         budget = argparse.Namespace(**{**vars(args), "max_epochs": args.trial_epochs})
         trainer = trainer_for(params.nvae.trainer, (deadline - time.time()) / 60, budget)
         with tempfile.TemporaryDirectory() as work:
             fitted = train_nvae_model(model, trainer, data, Path(work))
-        epochs += len(fitted.history)
         trial.set_user_attr("epochs", len(fitted.history))
         trial.set_user_attr("finished", time.time())
         return float(np.nanmax([row.get(MONITOR, math.nan) for row in fitted.history]))
@@ -84,7 +81,7 @@ def worker(journal: Path, clock: Any, args: argparse.Namespace) -> dict[str, Any
         torch.cuda.reset_peak_memory_stats()
     while time.time() < deadline - 1:
         study.optimize(objective, n_trials=1)
-    return {"epochs": epochs, "peak_gpu_memory_gib": peak_memory_gib()}
+    return {"peak_gpu_memory_gib": peak_memory_gib()}
 
 
 def _work(queue: Any, journal: Path, clock: Any, args: argparse.Namespace) -> None:
@@ -151,7 +148,7 @@ def measure(workers: int, args: argparse.Namespace) -> dict[str, Any]:
         window_h = (time.time() - start) / 3600
         trials = optuna.load_study(study_name="throughput", storage=storage(journal)).trials
     finished = finished_trials(trials, args.trial_epochs, deadline)
-    epochs_per_hour = sum(r["epochs"] for r in results) / window_h
+    epochs_per_hour = sum(t.user_attrs.get("epochs", 0) for t in trials) / window_h
     return {
         "workers": workers,
         "window_seconds": window_h * 3600,
