@@ -4,10 +4,11 @@ pipeline at ``profile: full``'s network sizes and settings, one or two batches e
 The full profile (64..1024-channel segmenters, SwinUNETR 48, the (4, 2, 1) NVAE at stem 4 and
 the search's stem 64, 5-fold cross-prediction) is meant for a GPU; this checks on any machine
 that each stage builds its networks, trains a step, evaluates, exports and registers at those
-sizes, and prints the wall time and peak memory (RSS of the stage's process) of each, which is
-what a GPU user needs to size a machine. What is shortened, and only that: epochs (1), batches
-per epoch (``--batches``), the NVAE's prior samples (``--samples``, 1000 in the profile) and the
-search (one grid trial at stem 64 instead of the 27 at stem 4).
+sizes, and prints the wall time, peak memory (RSS of the stage's process) and the project
+folder's size on disk after each, which is what a GPU user needs to size a machine. What is
+shortened, and only that: epochs (1), batches per epoch (``--batches``), the NVAE's prior
+samples (``--samples``, 1000 in the profile) and the search (one grid trial at stem 64 instead
+of the 27 at stem 4).
 
     uv run --frozen python benchmarks/bench_full_profile.py                # phantom, ~20 min
     uv run --frozen python benchmarks/bench_full_profile.py --json full.json --keep /tmp/full
@@ -96,6 +97,11 @@ def run(folder: Path, args: Sequence[str]) -> tuple[int, float, float, str]:
     return os.waitstatus_to_exitcode(status), seconds, usage.ru_maxrss / 1024, tail
 
 
+def folder_gib(folder: Path) -> float:
+    """Size on disk of everything under ``folder`` (checkpoints, MLflow artifacts, data)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**30
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=1, help="batches per epoch (train, val)")
@@ -111,12 +117,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(ROOT / "search", folder / "search", dirs_exist_ok=True)
     rows: list[dict[str, Any]] = []
-    print(f"{'stage':<26} {'rc':>3} {'seconds':>8} {'peak MiB':>9}", flush=True)
+    free = shutil.disk_usage(folder).free / 2**30
+    print(f"project folder {folder}, {free:.1f} GiB free on its disk", flush=True)
+    print(f"{'stage':<26} {'rc':>3} {'seconds':>8} {'peak MiB':>9} {'disk GiB':>9}", flush=True)
     for name, command in stages(args.patients):
         code, seconds, peak, tail = run(folder, command)
-        rows.append({"stage": name, "rc": code, "seconds": seconds, "peak_rss_mib": peak})
-        print(f"{name:<26} {code:>3} {seconds:>8.1f} {peak:>9.0f}", flush=True)
+        disk = folder_gib(folder)
+        rows.append(
+            {"stage": name, "rc": code, "seconds": seconds, "peak_rss_mib": peak, "disk_gib": disk}
+        )
+        print(f"{name:<26} {code:>3} {seconds:>8.1f} {peak:>9.0f} {disk:>9.1f}", flush=True)
         if code != 0:
+            free = shutil.disk_usage(folder).free / 2**30
+            print(f"{name} failed ({free:.1f} GiB free on disk); its output ends:", file=sys.stderr)
             print(tail, file=sys.stderr)
             break
     if args.json:

@@ -32,11 +32,12 @@ def test_every_stage_runs_at_full_sizes(
     bench = importlib.import_module("bench_full_profile")
     folder, figures = tmp_path / "project", tmp_path / "full.json"
     rows = bench.main(["--keep", str(folder), "--json", str(figures), "--patients", "20"])
-    print(capsys.readouterr().out)  # the per-stage table, shown with -s / in CI logs
+    shown = capsys.readouterr()
+    print(shown.out)  # the per-stage table, shown with -s / in CI logs
     failed = [row["stage"] for row in rows if row["rc"] != 0]
-    assert not failed, f"stages failed at full sizes: {failed}"
+    assert not failed, f"stages failed at full sizes: {failed}\n{shown.err[-2500:]}"
     assert [row["stage"] for row in rows] == [name for name, _ in bench.stages(20)]
-    assert all(row["peak_rss_mib"] > 0 for row in rows)
+    assert all(row["peak_rss_mib"] > 0 and row["disk_gib"] > 0 for row in rows)
     assert json.loads(figures.read_text())["stages"] == rows
     for arch in bench.ARCHS:
         metrics = json.loads((folder / f"metrics/segmenters/{arch}.json").read_text())

@@ -122,6 +122,7 @@ def test_search_logs_nested_runs_writes_the_best_and_registers_a_challenger(
     assert CardiacParams.model_validate(merged).nvae.model.stem_channels in (2, 4)
     kept = list((project / "data/work/search" / name).glob("trial-*"))
     assert len(kept) == 1  # only the best trial's checkpoint folder stays
+    assert sorted(f.name for f in kept[0].iterdir()) == ["best.ckpt"]  # finished: no resume
 
     # Resumed: the budget is finished, nothing trains; the report is a child of the same parent
     # and the same best is not registered twice.

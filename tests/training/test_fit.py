@@ -76,6 +76,22 @@ def test_resumes_from_last_checkpoint(tmp_path: Path, monkeypatch: pytest.Monkey
     assert torch.load(result.last_path, weights_only=False)["epoch"] == 2
 
 
+def test_last_is_the_last_epoch_when_the_best_is_older(tmp_path: Path) -> None:
+    # lr 0: the Dice never improves after epoch 0, so only last.ckpt is written after it; a kill
+    # after epoch 2 must resume at epoch 3, not train epochs 1-2 again from the best's state.
+    params = _params(max_epochs=3)
+    result = fit(_module(lr=0.0), _data(), params, tmp_path, monitor="val_dice_mean")
+    last = torch.load(result.last_path, weights_only=False)
+    best = torch.load(result.best_path, weights_only=False)
+    assert (last["epoch"], best["epoch"]) == (2, 0)
+    assert "optimizer_states" in last and "optimizer_states" not in best  # best: weights only
+    log = EpochLog()
+    module = _module(lr=0.0)
+    module.configure_callbacks = lambda: [log]  # type: ignore[method-assign]
+    fit(module, _data(), _params(max_epochs=4), tmp_path, monitor="val_dice_mean")
+    assert log.epochs == [3]
+
+
 def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path: Path) -> None:
     # lr 0: the weights never change, so the validation Dice never improves after epoch 0.
     result = fit(

@@ -183,17 +183,9 @@ def fit(
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     seed(params)
-    checkpoint = ModelCheckpoint(
-        dirpath=checkpoint_dir,
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        save_last=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
+    checkpoint, last_checkpoint = _checkpoints(checkpoint_dir, monitor, mode)
     history = EpochHistory(monitor, mode)
-    all_callbacks: list[Callback] = [checkpoint, history, *callbacks]
+    all_callbacks: list[Callback] = [checkpoint, last_checkpoint, history, *callbacks]
     if params.early_stopping_patience is not None:
         all_callbacks.append(
             EarlyStopping(monitor=monitor, mode=mode, patience=params.early_stopping_patience)
@@ -232,6 +224,26 @@ def fit(
         resumed_from=resumed_from,
         history=tuple(history.rows),
     )
+
+
+def _checkpoints(
+    folder: Path, monitor: str, mode: Literal["min", "max"]
+) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """``best.ckpt``, weights only (what evaluation and export read), and ``last.ckpt``, the full
+    state of every epoch (what a resume needs). Two callbacks: since Lightning 2.6,
+    ``save_last=True`` writes ``last.ckpt`` only in the epochs whose top-k checkpoint was saved,
+    so a killed run would resume from its best epoch and train the epochs after it again."""
+    best = ModelCheckpoint(
+        dirpath=folder,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_weights_only=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    last = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
+    return best, last
 
 
 _fits_launched = 0
