@@ -259,6 +259,9 @@ def test_stage_trains_resumes_evaluates_logs_and_registers(
     assert list(curves["epoch"]) == [0, 1] and "val_dice_mean" in curves
     saved = yaml.safe_load((project / cfg.metrics / "nvae.json").read_text())
     assert saved["model_version"] == result["model_version"]
+    # the version is an id, not a figure `dvc metrics diff` should compare
+    compared = yaml.safe_load((project / cfg.metrics / "nvae.metrics.json").read_text())
+    assert "model_version" not in compared and "dice_mean" in compared
 
 
 @pytest.mark.slow

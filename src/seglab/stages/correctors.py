@@ -211,7 +211,7 @@ def train_corrector(
             "best_val_loss": fitted.best_val_loss,
             "run_id": run.info.run_id,
             "registered_model": kind.registered,
-            "model_version": version.version,
+            "model_version": str(version.version),
         }
         write_record(root / cfg.metrics / f"{variant}.json", result)
     shutil.rmtree(work, ignore_errors=True)

@@ -208,7 +208,7 @@ def train_nvae(
             "resumed_from": str(fitted.resumed_from) if fitted.resumed_from else None,
             "run_id": run_id,
             "registered_model": GT.registered,
-            "model_version": version.version,
+            "model_version": str(version.version),
         }
         write_record(metrics_dir / METRICS, result)
     shutil.rmtree(work, ignore_errors=True)
