@@ -16,7 +16,7 @@ from pathlib import Path
 
 from seglab.config import AcdcDataParams, AcdcPrepareParams
 from seglab.data.prepare_acdc import prepare_acdc
-from seglab.evaluation.segmentation import anatomy_qc
+from seglab.metrics.anatomy import anatomy_qc
 
 
 def _peak_mb() -> float:

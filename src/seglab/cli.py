@@ -13,7 +13,7 @@ from seglab.errors import SeglabError, WorkerFinished
 from seglab.variants import CORRECTORS, SEARCH_TARGETS
 
 if TYPE_CHECKING:
-    from seglab.config import CardiacParams, TrackingParams
+    from seglab.config import BrainParams, CardiacParams, TrackingParams
 
 CARDIAC_PARAMS = "params.yaml"
 BRAIN_PARAMS = "pipelines/lgg/params.yaml"
@@ -332,20 +332,27 @@ def _acdcseg(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lgg(args: argparse.Namespace) -> int:
+def _brain(args: argparse.Namespace) -> tuple[Path, BrainParams]:
     from seglab.config import BrainParams, load_params
 
     params_file = Path(args.params or BRAIN_PARAMS)
-    params = load_params(params_file, BrainParams)
-    if args.lgg_command == "train":
-        from seglab.stages.lgg import train_lgg
+    return params_file, load_params(params_file, BrainParams)
 
-        result = train_lgg(params, args.arch, root=Path.cwd(), params_file=params_file)
-        print(json.dumps(result, indent=2))
-    else:
-        from seglab.stages.lgg import compare_lgg
 
-        print(compare_lgg(params, root=Path.cwd(), params_file=params_file))
+def _lgg_train(args: argparse.Namespace) -> int:
+    from seglab.stages.lgg import train_lgg
+
+    params_file, params = _brain(args)
+    result = train_lgg(params, args.arch, root=Path.cwd(), params_file=params_file)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _lgg_compare(args: argparse.Namespace) -> int:
+    from seglab.stages.lgg_compare import compare_lgg
+
+    params_file, params = _brain(args)
+    print(compare_lgg(params, root=Path.cwd(), params_file=params_file))
     return 0
 
 
@@ -658,12 +665,12 @@ def _dataset_commands(sub: Any) -> None:
         "--arch", required=True, help="<decoder>-<encoder>, one of architectures.names"
     )
     lgg_train.add_argument("--params", help=f"params file (default: {BRAIN_PARAMS})")
-    lgg_train.set_defaults(func=_lgg)
+    lgg_train.set_defaults(func=_lgg_train)
     lgg_compare = lgg.add_parser(
         "compare", help="comparison table (md, csv) and figures over every trained architecture"
     )
     lgg_compare.add_argument("--params", help=f"params file (default: {BRAIN_PARAMS})")
-    lgg_compare.set_defaults(func=_lgg)
+    lgg_compare.set_defaults(func=_lgg_compare)
 
 
 def _search_commands(sub: Any) -> None:

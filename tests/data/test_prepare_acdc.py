@@ -10,7 +10,7 @@ from seglab.config import AcdcDataParams, AcdcPrepareParams, SplitParams
 from seglab.data.prepare_acdc import prepare_acdc
 from seglab.data.store import load_split
 from seglab.errors import DataError
-from seglab.evaluation.segmentation import anatomy_qc
+from seglab.metrics.anatomy import anatomy_qc
 
 GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
 

@@ -32,15 +32,11 @@ from seglab.data.phantom.lgg import write_lgg_phantom
 from seglab.data.prepare_lgg import prepare_lgg
 from seglab.data.store import load_split
 from seglab.errors import ConfigError, DataError
-from seglab.evaluation.lgg_report import COST_KEYS, KEYS, summarize
-from seglab.stages.lgg import (
-    EXPERIMENT,
-    REPORT_FILES,
-    compare_lgg,
-    encoder_weights_file,
-    registered_name,
-    train_lgg,
-)
+from seglab.evaluation.lgg_comparison import COST_KEYS, KEYS
+from seglab.evaluation.lgg_report import summarize
+from seglab.stages.artifacts import LGG_EXPERIMENT as EXPERIMENT
+from seglab.stages.lgg import encoder_weights_file, registered_name, train_lgg
+from seglab.stages.lgg_compare import REPORT_FILES, compare_lgg
 from seglab.tracking.registry import promote
 from seglab.training.lgg import image_tensor, load_lgg_model
 

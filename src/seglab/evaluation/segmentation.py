@@ -14,7 +14,6 @@ from seglab.config import SegmentersParams, TrainerParams
 from seglab.data.store import SliceSet
 from seglab.inference.postprocess import Method, choose
 from seglab.inference.segment import predict_labels
-from seglab.metrics.anatomy import check_slices
 from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap, volume_dice
 from seglab.training.segmentation_module import SegmentationModule
@@ -64,8 +63,3 @@ def choose_postprocess(
         return (seg.postprocess, seg.postprocess_min_pixels), {}
     pred = predict_labels(module, val, trainer, raw=True)
     return choose(pred, lambda p: dice_mean(p, val))
-
-
-def anatomy_qc(slices: SliceSet) -> dict[str, Any]:
-    """Anatomical validity of a split's ground-truth masks at the prepared resolution."""
-    return check_slices(slices.label, slices.spacing).summary()

@@ -67,7 +67,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -76,6 +76,9 @@ from scipy.spatial import ConvexHull
 
 from seglab.data.labels import BACKGROUND, LV, MYO, NUM_LABELS, RV
 from seglab.errors import DataError
+
+if TYPE_CHECKING:
+    from seglab.data.store import SliceSet
 
 CRITERIA: tuple[str, ...] = (
     "holes_in_lv",
@@ -489,6 +492,12 @@ def check_slices(
     if len(labels) <= _CHUNK:
         workers = 1  # one chunk: a pool would only add its start-up
     return AnatomyResult(_score(labels, spacing, workers))
+
+
+def anatomy_qc(slices: SliceSet) -> dict[str, Any]:
+    """Anatomical validity of a split's ground-truth masks at the prepared resolution (the
+    preparation's check; here, not in evaluation, so preparing needs no networks)."""
+    return check_slices(slices.label, slices.spacing).summary()
 
 
 def _read_label_volume(path: Path) -> tuple[np.ndarray, tuple[float, float]]:

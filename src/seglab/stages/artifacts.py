@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.config import CardiacParams
+from seglab.config import CardiacParams, LggArchsParams
 from seglab.data.store import SliceSet, load_splits, read_npz
 from seglab.errors import DataError
 
@@ -18,6 +18,10 @@ INSAMPLE = "insample"
 CORRECTORS_EXPERIMENT = "acdc-correctors"
 #: The keys that line a corrector's test rows up with ACDCSeg's.
 ROW_KEYS = ("patient", "phase", "slice_index", "segmenter")
+#: MLflow experiment of the LGG architectures: each one's training run and the comparison.
+LGG_EXPERIMENT = "lgg-architectures"
+#: The prepared LGG splits, as the runs list them (MLflow dataset name).
+LGG_DATASET = "lgg_prepared"
 
 
 def load_prepared(params: CardiacParams, root: Path) -> dict[str, SliceSet]:
@@ -56,3 +60,8 @@ def load_predictions(path: Path, test: SliceSet) -> dict[str, np.ndarray]:
         ):
             raise DataError(path, f"rows do not match ACDCSeg's test split ({key} differs)")
     return arrays
+
+
+def lgg_metrics_path(params: LggArchsParams, name: str, root: Path) -> Path:
+    """An LGG architecture's test figures: written by its training, read by the comparison."""
+    return Path(root) / params.metrics / f"{name}.json"

@@ -24,7 +24,6 @@ dataset's DVC hash; the folder is removed when the stage succeeds.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,23 +33,14 @@ import torch
 from seglab.config import BrainParams, LggArchsParams, split_arch_name
 from seglab.data.splits import SPLITS
 from seglab.data.store import SliceSet, load_splits
-from seglab.errors import ConfigError, DataError
-from seglab.evaluation.lgg_report import (
-    COST_KEYS,
-    KEYS,
-    comparison_table,
-    iou_vs_params_figure,
-    iou_vs_time_figure,
-    markdown_table,
-    model_size_figure,
-    predict_timed,
-    prediction_figure,
-    summarize,
-)
-from seglab.io import atomic_dir, write_record
+from seglab.errors import ConfigError
+from seglab.evaluation.lgg_comparison import KEYS
+from seglab.evaluation.lgg_report import predict_timed, prediction_figure, summarize
+from seglab.io import write_record
 from seglab.models.segmenters import parameter_count, weights_mb
+from seglab.stages.artifacts import LGG_DATASET, LGG_EXPERIMENT, lgg_metrics_path
 from seglab.stages.common import work_folder
-from seglab.tracking import configure, dvc_hash, log_artifact, log_figure, log_metrics, tracked_run
+from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, tracked_run
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import evaluation_tags
 from seglab.training.datamodule import TensorDataModule
@@ -63,17 +53,6 @@ from seglab.training.fit import (
 )
 from seglab.training.lgg import MONITOR, image_tensor, load_lgg_model, new_module
 
-EXPERIMENT = "lgg-architectures"
-DATASET = "lgg_prepared"
-COMPARISON_RUN = "comparison"
-#: The comparison's files in ``architectures.report`` (DVC outputs and MLflow artifacts).
-REPORT_FILES = {
-    "table_md": "comparison.md",
-    "table_csv": "comparison.csv",
-    "iou_vs_time": "iou_vs_train_seconds.png",
-    "iou_vs_params": "iou_vs_params.png",
-    "model_size": "model_size.png",
-}
 _AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
@@ -84,10 +63,6 @@ def registered_name(name: str) -> str:
 
 def checkpoint_path(params: LggArchsParams, name: str, root: Path) -> Path:
     return Path(root) / params.models / f"{name}.ckpt"
-
-
-def metrics_path(params: LggArchsParams, name: str, root: Path) -> Path:
-    return Path(root) / params.metrics / f"{name}.json"
 
 
 def _check_name(params: LggArchsParams, name: str) -> None:
@@ -152,8 +127,8 @@ def train_lgg(
 ) -> dict[str, Any]:
     """Train, test, log and register one architecture ``<decoder>-<encoder>``.
 
-    Returns the test figures (:data:`~seglab.evaluation.lgg_report.KEYS` first), the costs
-    (:data:`~seglab.evaluation.lgg_report.COST_KEYS`) and the settings, run id and registered
+    Returns the test figures (:data:`~seglab.evaluation.lgg_comparison.KEYS` first), the costs
+    (:data:`~seglab.evaluation.lgg_comparison.COST_KEYS`) and the settings, run id and registered
     version, as written to ``<metrics>/<name>.json``.
     """
     archs = params.architectures
@@ -182,7 +157,7 @@ def train_lgg(
     }
     with tracked_run(
         params.tracking,
-        EXPERIMENT,
+        LGG_EXPERIMENT,
         name,
         root=root,
         params={
@@ -192,7 +167,7 @@ def train_lgg(
             "prepare": params.lgg.prepare,
             "encoder_weights_sha256": weights_sha,
         },
-        datasets={DATASET: Path(params.lgg.prepared)},
+        datasets={LGG_DATASET: Path(params.lgg.prepared)},
         params_file=params_file,
         tags={"arch": decoder, "encoder": encoder},
         resume=work,
@@ -258,87 +233,6 @@ def train_lgg(
             "registered_model": registered_name(name),
             "model_version": str(version.version),
         }
-        write_record(metrics_path(archs, name, root), result)
+        write_record(lgg_metrics_path(archs, name, root), result)
     shutil.rmtree(work, ignore_errors=True)
     return result
-
-
-def _read_result(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(path, "architecture metrics not found (run its train stage first)")
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(path, f"not a readable metrics file ({exc})") from exc
-    if not isinstance(result, dict) or any(k not in result for k in (*KEYS, *COST_KEYS)):
-        raise DataError(path, "not an LGG architecture metrics file (stale: run `dvc repro`)")
-    return result
-
-
-def _settings_line(results: list[dict[str, Any]]) -> str:
-    """Where and how the rows were made (the same for every row of one pipeline run)."""
-    fields = (
-        "device",
-        "precision",
-        "image_size",
-        "encoder_weights",
-        "max_epochs",
-        "batch_size",
-        "lr",
-        "limit_train_batches",
-        "early_stopping_patience",
-        "train_slices",
-    )
-    parts = []
-    for field in fields:
-        values = sorted({str(r.get(field)) for r in results})
-        parts.append(f"{field} {' / '.join(values)}")
-    return "; ".join(parts)
-
-
-def compare_lgg(
-    params: BrainParams, *, root: Path = Path("."), params_file: Path | None = None
-) -> str:
-    """Table (markdown + CSV) and figures over every architecture; returns the markdown."""
-    archs = params.architectures
-    root = Path(root)
-    results = [_read_result(metrics_path(archs, name, root)) for name in archs.names]
-    table = comparison_table(results)
-    first = results[0]
-    markdown = "\n".join(
-        [
-            "# LGG architectures: test split",
-            "",
-            f"Test split: slices {first['slices']} ({first['tumour_slices']} with tumour), "
-            f"patients {first['patients']}. Settings: {_settings_line(results)}.",
-            "",
-            markdown_table(table),
-            "",
-        ]
-    )
-    report = root / archs.report
-    with atomic_dir(report) as tmp:
-        (tmp / REPORT_FILES["table_md"]).write_text(markdown)
-        table.to_csv(tmp / REPORT_FILES["table_csv"], index=False, float_format="%.6g")
-        for key, figure in (
-            ("iou_vs_time", iou_vs_time_figure(table)),
-            ("iou_vs_params", iou_vs_params_figure(table)),
-            ("model_size", model_size_figure(table)),
-        ):
-            figure.savefig(tmp / REPORT_FILES[key], dpi=120)
-    with tracked_run(
-        params.tracking,
-        EXPERIMENT,
-        COMPARISON_RUN,
-        root=root,
-        params={"names": ",".join(archs.names), "profile": params.profile},
-        datasets={DATASET: Path(params.lgg.prepared)},
-        params_file=params_file,
-        tags={
-            "role": "comparison",
-            **{f"run.{r['name']}": str(r.get("run_id")) for r in results},
-        },
-    ):
-        for file in REPORT_FILES.values():
-            log_artifact(report / file, "comparison")
-    return markdown

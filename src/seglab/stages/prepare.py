@@ -17,7 +17,7 @@ from typing import Any
 from seglab.config import AcdcDataParams, LggDataParams, TrackingParams
 from seglab.data.prepare_acdc import prepare_acdc
 from seglab.data.prepare_lgg import prepare_lgg
-from seglab.evaluation.segmentation import anatomy_qc
+from seglab.metrics.anatomy import anatomy_qc
 from seglab.tracking import log_metrics, tracked_run
 
 EXPERIMENT = "data-preparation"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, cast
 from urllib.parse import urlparse
 
 import mlflow
-from lightning.pytorch.utilities import rank_zero_only
+from lightning_utilities.core.rank_zero import rank_zero_only
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, LifecycleStage, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -298,9 +298,12 @@ class WorkerRun:
 
 
 def is_worker_process() -> bool:
-    """True in a distributed training's process of global rank > 0, from the rank its launcher
-    set in the environment (Lightning's own DDP launch, torchrun, SLURM), as Lightning reads it."""
-    return rank_zero_only.rank != 0
+    """True in a distributed training's process of global rank > 0: the rank Lightning keeps on
+    ``rank_zero_only`` (read from the launcher's environment, Lightning's own DDP launch, torchrun
+    or SLURM, when Lightning is imported; set again by the Trainer). Read from the small
+    ``lightning_utilities`` so that stages that train nothing (promotion, reports) need not import
+    Lightning (seconds); a process without Lightning runs no distributed training: rank 0."""
+    return getattr(rank_zero_only, "rank", 0) != 0
 
 
 @contextmanager
