@@ -12,7 +12,9 @@ are recomputed from their checkpoints on the run's test split with this checkout
 
 A segmenter retrained later in another project folder (a newer recipe) is taken from there with
 ``--segmenter ARCH=FOLDER``; its row then carries that folder's commit, and the correctors' rows
-keep saying which segmenters fed them (``correction_inputs_commit``).
+keep saying which segmenters fed them (``correction_inputs_commit``). With ``--keep``, what the
+run lacks (a segmenter it did not train, the correction study) is kept from the existing
+``summary.json``, each row with the commit that made it.
 
     uv run --frozen python benchmarks/summarize_real_acdc.py /path/to/project \\
         --segmenter resunet=/path/to/newer --out reports/real-acdc
@@ -97,12 +99,12 @@ def reevaluate(project: Path, params: CardiacParams, arch: str) -> dict[str, Any
     module = load_segmenter(params.segmenters.checkpoint_path(arch, project))
     trainer = params.segmenters.train_for(arch).trainer
     val, test = load_split(folder / "val.npz"), load_split(folder / "test.npz")
-    (method, size), _ = choose_postprocess(module, val, trainer, params.segmenters)
-    module.hparams.update({"postprocess": method, "min_pixels": size})
+    cleanup, _ = choose_postprocess(module, val, trainer, params.segmenters)
+    module.hparams.update(cleanup.hparams())
     pred = predict_labels(module, test, trainer)
     return {
         **evaluate(pred, test),
-        "postprocess": f"{method}, regions >= {size} px",
+        "postprocess": cleanup.describe(),
         "where_lost": where_lost(pred, test),
     }
 
@@ -183,6 +185,18 @@ def collect(
         "correction": _read(project / params.correction.metrics) if correctors else None,
         "correction_inputs_commit": _commit(project) if correctors else None,
     }
+
+
+def keep_missing(summary: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with the segmenters it lacks taken from ``earlier``, and the correction
+    study too when it has none (each keeps the commit it was made at)."""
+    kept = {**summary, "segmenters": {**summary["segmenters"]}}
+    for arch, row in earlier.get("segmenters", {}).items():
+        kept["segmenters"].setdefault(arch, row)
+    if not summary["correctors"]:
+        for key in ("nvae", "correctors", "correction", "correction_inputs_commit"):
+            kept[key] = earlier.get(key)
+    return kept
 
 
 def _cell(value: Any, digits: int = 3) -> str:
@@ -267,6 +281,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         metavar="ARCH=FOLDER",
         help="take this architecture from another project folder (a later training)",
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the existing summary's rows that this run lacks (with their commits)",
+    )
     args = parser.parse_args(argv)
     project = args.project.resolve()
     params = load_params(project / args.params, CardiacParams)
@@ -277,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         elsewhere[arch] = (folder_path, load_params(folder_path / args.params, CardiacParams))
     summary = collect(project, params, args.reevaluate, elsewhere)
     out = args.out
+    if args.keep and (out / "summary.json").is_file():
+        summary = keep_missing(summary, json.loads((out / "summary.json").read_text()))
     (out / "curves").mkdir(parents=True, exist_ok=True)
     curves = []
     for arch in summary["segmenters"]:
@@ -284,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         source = folder / run.segmenters.metrics / f"{arch}.curves.csv"
         if source.is_file():
             shutil.copy(source, out / "curves" / source.name)
+        if (out / "curves" / source.name).is_file():  # copied now, or kept from an earlier run
             curves.append(f"{arch}={out / 'curves' / source.name}")
     if curves:
         summary["time_to_dice"] = time_to_dice.main(

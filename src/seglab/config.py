@@ -357,10 +357,12 @@ class SegmentersParams(Section):
     # memory format that suits one network, e.g. ``swinunetr: {trainer: {max_epochs: 24}}``.
     arch_train: dict[SegmenterArch, dict[str, Any]] = {}
     # Connected-component clean-up of the predictions (seglab.inference.postprocess): auto picks
-    # the method and the smallest region kept with the best validation Dice after training
-    # (none unless one earns its place); a method names one, with postprocess_min_pixels.
+    # the method, the smallest region kept and the step across slices with the best validation
+    # Dice after training (none unless one earns its place); a method names one, with
+    # postprocess_min_pixels and postprocess_across_slices (each structure's largest 3D region).
     postprocess: Literal["auto", "none", "heart", "structures"] = "auto"
     postprocess_min_pixels: int = Field(0, ge=0)
+    postprocess_across_slices: bool = False
 
     @model_validator(mode="after")
     def _unique_archs(self) -> SegmentersParams:

@@ -64,7 +64,7 @@ def test_segments_ed_and_es_in_their_own_geometry_with_a_report(
     images = patient_images(patient)
     outs = default_outputs(tmp_path / "seg.nii.gz", ("ED", "ES"))
     segmenter = open_segmenter(str(checkpoint), CardiacParams().tracking, tmp_path)
-    assert segmenter.context == 1 and segmenter.postprocess == "heart"
+    assert segmenter.context == 1 and segmenter.cleanup.method == "heart"
     chain = Chain.from_params(segmenter, CardiacParams(), tmp_path)
     report = segment_images(images, outs, chain, tmp_path / "report.json")
     for phase in ("ED", "ES"):

@@ -9,7 +9,8 @@ import torch
 
 from seglab.config import SegmentersParams, SegmenterTrainParams, TrainerParams
 from seglab.errors import DataError
-from seglab.inference.segment import context_of, load_segmenter, postprocess_of
+from seglab.inference.postprocess import Cleanup
+from seglab.inference.segment import cleanup_of, context_of, load_segmenter
 from seglab.training.segmenters import new_module
 
 
@@ -27,7 +28,7 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path: Path) -> None:
 def test_a_checkpoint_carries_its_input_and_clean_up(tmp_path: Path) -> None:
     train = SegmenterTrainParams(context_slices=1, trainer=TrainerParams(accelerator="cpu"))
     module = new_module("unet", SegmentersParams(train=train))
-    module.hparams.update({"postprocess": "heart", "min_pixels": 10})
+    module.hparams.update(Cleanup("heart", 10, across_slices=True).hparams())
     path = tmp_path / "unet.ckpt"
     torch.save(
         {
@@ -38,6 +39,6 @@ def test_a_checkpoint_carries_its_input_and_clean_up(tmp_path: Path) -> None:
         path,
     )
     loaded = load_segmenter(path)
-    assert context_of(loaded) == 1 and postprocess_of(loaded) == ("heart", 10)
+    assert context_of(loaded) == 1 and cleanup_of(loaded) == Cleanup("heart", 10, True)
     image = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded.eval()(image), module.eval()(image))

@@ -166,3 +166,11 @@ def test_bad_input() -> None:
         overlap(np.zeros((2, 8, 8), np.uint8), np.zeros((2, 8, 8), np.uint8), np.ones((3, 2)))
     with pytest.raises(ValueError, match=r"\[N, H, W\]"):
         overlap(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8), (1.0, 1.0))
+
+
+def test_without_hd95_the_dice_is_the_same_and_no_distance_is_computed() -> None:
+    gen = np.random.default_rng(1)
+    pred, gt = gen.integers(0, 4, (4, 16, 16)), gen.integers(0, 4, (4, 16, 16))
+    full, dice_only = overlap(pred, gt, (1.0, 1.0)), overlap(pred, gt, (1.0, 1.0), hd95=False)
+    assert np.array_equal(full.dice, dice_only.dice, equal_nan=True)
+    assert not np.isnan(full.hd95).all() and np.isnan(dice_only.hd95).all()

@@ -33,8 +33,8 @@ from seglab.data.prepare_acdc import prepare_acdc
 from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.evaluation.segmentation import TEST_KEYS, evaluate
-from seglab.inference.postprocess import METHODS, MIN_PIXELS
-from seglab.inference.segment import context_of, load_segmenter, postprocess_of, predict_labels
+from seglab.inference.postprocess import METHODS, MIN_PIXELS, Cleanup
+from seglab.inference.segment import cleanup_of, context_of, load_segmenter, predict_labels
 from seglab.metrics.anatomy import check_slices
 from seglab.stages.artifacts import load_crossfit
 from seglab.stages.segmenters import (
@@ -286,20 +286,19 @@ def test_a_2_5d_segmenter_keeps_its_context_and_its_clean_up_chosen_on_val(
     result = train_segmenter(params, "unet", root=tmp_path)
     module = load_segmenter(tmp_path / "models/segmenters/unet.ckpt").eval()
     assert context_of(module) == 1 and module.net.model[0].conv.in_channels == 3
-    method, size = postprocess_of(module)
-    assert method in METHODS and size in MIN_PIXELS
+    cleanup = cleanup_of(module)
+    assert cleanup.method in METHODS and cleanup.min_pixels in MIN_PIXELS
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
         [mlflow.get_experiment_by_name(EXPERIMENT).experiment_id]
     )[0]
-    assert run.data.tags["postprocess"] == method
-    assert run.data.tags["postprocess_min_pixels"] == str(size)
+    assert Cleanup.from_tags(run.data.tags) == cleanup
     scores = {
         key.removeprefix("val_dice_mean_postprocess_"): value
         for key, value in run.data.metrics.items()
         if key.startswith("val_dice_mean_postprocess_")
     }
-    assert len(scores) == len(METHODS) * len(MIN_PIXELS)
-    assert scores[f"{method}_min{size}"] == max(scores.values())
+    assert len(scores) == len(METHODS) * len(MIN_PIXELS) * 2  # each with and without 3D
+    assert scores[cleanup.name] == max(scores.values())
     test = load_split(tmp_path / "prepared" / "test.npz")
     pred = predict_labels(module, test, train.trainer)
     assert evaluate(pred, test)["dice_mean"] == pytest.approx(result["dice_mean"], nan_ok=True)

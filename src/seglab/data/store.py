@@ -93,6 +93,20 @@ def neighbour_rows(
     return rows
 
 
+def volume_rows(meta: pd.DataFrame, volume_keys: tuple[str, ...] = VOLUME_KEYS) -> list[np.ndarray]:
+    """The rows of each 3D volume, in slice order: what a step across slices iterates over.
+
+    >>> meta = pd.DataFrame({"patient": ["p", "p", "q"], "frame": [1, 1, 1],
+    ...                      "slice_index": [1, 0, 0]})
+    >>> [rows.tolist() for rows in volume_rows(meta)]
+    [[1, 0], [2]]
+    """
+    meta = meta.reset_index(drop=True)
+    ordered = meta.sort_values([*volume_keys, "slice_index"], kind="stable")
+    groups = ordered.groupby(list(volume_keys), sort=False)
+    return [group.index.to_numpy() for _, group in groups]
+
+
 def image_context(slices: SliceSet, context: int) -> np.ndarray:
     """float32 [N, 1 + 2 * context, H, W]: each slice's image between its ``context``
     neighbours on either side in its volume (2.5D input), nearest first outwards: ``[z - c ..

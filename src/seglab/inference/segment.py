@@ -3,7 +3,7 @@ slice, or the slice between its neighbours for a 2.5D model) and predict label m
 as chosen after its training (:mod:`seglab.inference.postprocess`).
 
 What a checkpoint needs at inference lives in its hyper-parameters (architecture and sizes,
-``context_slices``, ``postprocess`` and ``min_pixels``), so predicting never reads params.yaml.
+``context_slices`` and the clean-up), so predicting never reads params.yaml.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from seglab.config import SegmenterNetsParams, TrackingParams, TrainerParams
-from seglab.data.store import SliceSet, image_context
+from seglab.data.store import SliceSet, image_context, volume_rows
 from seglab.errors import DataError
-from seglab.inference.postprocess import Method, postprocess
+from seglab.inference.postprocess import Cleanup
 from seglab.models.segmenters import build_segmenter
 from seglab.training.fit import inference_batch, predict
 from seglab.training.segmentation_module import SegmentationModule
@@ -32,7 +32,7 @@ def image_tensor(slices: SliceSet, context: int = 0) -> torch.Tensor:
 
 
 #: Hyper-parameters the training stage keeps in a segmenter's checkpoint beside the module's own.
-STAGE_HPARAMS = ("arch", "net_params", "context_slices", "postprocess", "min_pixels")
+STAGE_HPARAMS = ("arch", "net_params", "context_slices", *Cleanup.KEYS)
 
 
 def context_of(module: SegmentationModule) -> int:
@@ -40,10 +40,9 @@ def context_of(module: SegmentationModule) -> int:
     return int(module.hparams.get("context_slices", 0))
 
 
-def postprocess_of(module: SegmentationModule) -> tuple[Method, int]:
-    """The clean-up chosen for ``module``'s predictions after its training: the method and the
-    smallest region kept (none, 0 before)."""
-    return module.hparams.get("postprocess", "none"), int(module.hparams.get("min_pixels", 0))
+def cleanup_of(module: SegmentationModule) -> Cleanup:
+    """The clean-up chosen for ``module``'s predictions after its training (none before)."""
+    return Cleanup.from_hparams(module.hparams)
 
 
 def load_segmenter(path: Path) -> SegmentationModule:
@@ -65,7 +64,7 @@ def load_segmenter(path: Path) -> SegmentationModule:
             net=build_segmenter(arch, nets, in_channels=1 + 2 * context),
             map_location="cpu",
             # What the stage stored beside the module's own settings; older checkpoints lack
-            # the later keys, and context_of / postprocess_of supply their defaults.
+            # the later keys, and context_of / cleanup_of supply their defaults.
             hparams={key: hparams[key] for key in STAGE_HPARAMS if key in hparams},
         )
     except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as exc:
@@ -76,13 +75,13 @@ def predict_labels(
     module: SegmentationModule, slices: SliceSet, trainer: TrainerParams, *, raw: bool = False
 ) -> np.ndarray:
     """uint8 [N, H, W] predicted label maps of every slice: the argmax of the logits, cleaned
-    up as chosen after training (:func:`postprocess_of`) unless ``raw``."""
+    up as chosen after training (:func:`cleanup_of`) unless ``raw``."""
     if len(slices) == 0:
         return np.zeros(slices.label.shape, dtype=np.uint8)
     batch = inference_batch(trainer)
     images = image_tensor(slices, context_of(module))
     pred = predict(module, images, trainer, batch).numpy().astype(np.uint8)
-    return pred if raw else postprocess(pred, *postprocess_of(module))
+    return pred if raw else cleanup_of(module).apply(pred, volume_rows(slices.meta))
 
 
 #: Registered segmenters are named ``<SEGMENTER_PREFIX><arch>``.
@@ -99,8 +98,7 @@ class Segmenter:
 
     net: torch.nn.Module  # [B, 1 + 2 * context, S, S] images -> [B, 4, S, S] logits
     context: int
-    postprocess: Method
-    min_pixels: int
+    cleanup: Cleanup
     name: str
     version: str | None = None
     run_id: str | None = None
@@ -114,7 +112,7 @@ class Segmenter:
                 for i in range(0, len(images), batch_size)
             ]
         pred = torch.cat(parts).numpy() if parts else np.zeros(slices.label.shape, np.uint8)
-        return postprocess(pred, self.postprocess, self.min_pixels)
+        return self.cleanup.apply(pred, volume_rows(slices.meta))
 
 
 def open_segmenter(ref: str, tracking: TrackingParams, root: Path) -> Segmenter:
@@ -134,7 +132,7 @@ def open_segmenter(ref: str, tracking: TrackingParams, root: Path) -> Segmenter:
         ref = best_champion(SEGMENTER_PREFIX, tracking, root)
     if not _URI.match(ref):
         module = load_segmenter(Path(ref)).eval()
-        return Segmenter(module.net, context_of(module), *postprocess_of(module), name=ref)
+        return Segmenter(module.net, context_of(module), cleanup_of(module), name=ref)
     net = load_model(ref, tracking, root, map_location="cpu")
     version = resolve_version(ref, tracking, root) if ref.startswith("models:/") else None
     run_id = version.run_id if version is not None else None
@@ -143,8 +141,7 @@ def open_segmenter(ref: str, tracking: TrackingParams, root: Path) -> Segmenter:
     return Segmenter(
         net,
         context=(channels - 1) // 2,
-        postprocess=tags.get("postprocess", "none"),  # type: ignore[arg-type]
-        min_pixels=int(tags.get("postprocess_min_pixels", 0)),
+        cleanup=Cleanup.from_tags(tags),
         name=f"{ref} (version {version.version})" if version is not None else ref,
         version=str(version.version) if version is not None else None,
         run_id=run_id,

@@ -42,6 +42,7 @@ from seglab.data.acdc import NIFTI_ERRORS
 from seglab.errors import SeglabError
 from seglab.inference.cardiac import Chain, Volume
 from seglab.inference.correct import Corrector
+from seglab.inference.postprocess import Cleanup
 from seglab.inference.segment import SEGMENTER_PREFIX, Segmenter, open_segmenter
 from seglab.tracking import log_metrics, tracked_run
 from seglab.tracking.models import input_shape, serving_requirements
@@ -111,7 +112,7 @@ class CardiacPipeline(PythonModel):
 
         seg = config["segmenter"]
         segmenter = Segmenter(
-            net("segmenter"), seg["context"], seg["postprocess"], seg["min_pixels"], seg["name"],
+            net("segmenter"), seg["context"], Cleanup.from_hparams(seg), seg["name"],
             seg["version"], seg["run_id"],
         )  # fmt: skip
         loaded = {
@@ -209,9 +210,7 @@ def register_pipeline(
         tags[f"{key}.model"] = uri
         tags[f"{key}.version"] = str(version.version)
         tags[f"{key}.run_id"] = str(version.run_id)
-    config["segmenter"].update(
-        context=chosen.context, postprocess=chosen.postprocess, min_pixels=chosen.min_pixels
-    )
+    config["segmenter"].update(context=chosen.context, **chosen.cleanup.hparams())
     seg_run = mlflow.MlflowClient().get_run(seg_version.run_id)
     evaluated = {k: seg_tags[k] for k in (EVAL_SPLIT_TAG, EVAL_DATASET_TAG) if k in seg_tags}
     run_params = {"gated": config["gated"], **parts}

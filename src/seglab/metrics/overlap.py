@@ -174,12 +174,14 @@ def overlap(
     pred: np.ndarray | torch.Tensor,
     gt: np.ndarray | torch.Tensor,
     spacing: np.ndarray | Any,
+    hd95: bool = True,
 ) -> OverlapResult:
     """Dice and HD95 (mm) of each slice and structure, as MONAI's ``compute_dice`` and
     ``compute_hausdorff_distance(percentile=95, spacing=...)`` give them.
 
     HD95 is computed only where the structure is present in both masks (MONAI would
-    return NaN or inf with a warning otherwise), each slice with its own spacing.
+    return NaN or inf with a warning otherwise), each slice with its own spacing; not at all
+    (NaN) without ``hd95``, for a choice made on Dice alone.
     """
     pred_labels, gt_labels = _as_labels(pred, "pred"), _as_labels(gt, "gt")
     if pred_labels.shape != gt_labels.shape:
@@ -212,16 +214,16 @@ def overlap(
         dice[part] = scores.numpy()[:, order]
     dice[case == Case.ABSENT_IN_BOTH] = np.nan
 
-    hd95 = np.full((count, len(STRUCTURES)), np.nan)
-    for i, j in zip(*np.nonzero(case == Case.BOTH_PRESENT), strict=True):
+    distances = np.full((count, len(STRUCTURES)), np.nan)
+    for i, j in zip(*np.nonzero((case == Case.BOTH_PRESENT) & hd95), strict=True):
         label = STRUCTURE_LABELS[j]
-        hd95[i, j] = _hd95(
+        distances[i, j] = _hd95(
             pred_labels[i].numpy() == label, gt_labels[i].numpy() == label, spacing[i]
         )
 
     foreground_pred = (pred_labels != BACKGROUND).flatten(1).any(dim=1).numpy()
     foreground_gt = (gt_labels != BACKGROUND).flatten(1).any(dim=1).numpy()
-    return OverlapResult(dice, hd95, case, ~foreground_gt, ~foreground_pred)
+    return OverlapResult(dice, distances, case, ~foreground_gt, ~foreground_pred)
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:

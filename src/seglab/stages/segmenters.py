@@ -43,7 +43,13 @@ from seglab.config import CardiacParams, SegmentersParams, TrainerParams
 from seglab.data.store import SliceSet
 from seglab.errors import ConfigError
 from seglab.evaluation.segmentation import TEST_KEYS, VOLUME_KEYS, choose_postprocess, evaluate
-from seglab.inference.segment import context_of, image_tensor, load_segmenter, predict_labels
+from seglab.inference.segment import (
+    cleanup_of,
+    context_of,
+    image_tensor,
+    load_segmenter,
+    predict_labels,
+)
 from seglab.io import atomic_file, write_record
 from seglab.models.segmenters import ARCHS, parameter_count, weights_mb
 from seglab.stages.artifacts import INSAMPLE, load_prepared
@@ -142,10 +148,10 @@ def _train(
         log_every_n_steps=1,  # the module logs per epoch only; this just silences the warning
     )
     best = load_segmenter(result.best_path)
-    (method, size), scores = choose_postprocess(best, splits["val"], trainer, seg)
-    best.hparams.update({"postprocess": method, "min_pixels": size})
+    cleanup, scores = choose_postprocess(best, splits["val"], trainer, seg)
+    best.hparams.update(cleanup.hparams())
     log_metrics({f"val_dice_mean_postprocess_{key}": v for key, v in scores.items()})
-    set_tags({"postprocess": method, "postprocess_min_pixels": size})
+    set_tags(cleanup.tags())
     return best, result
 
 
@@ -242,7 +248,7 @@ def train_segmenter(
         export_checkpoint(
             final / "best.ckpt",
             seg.checkpoint_path(arch, root),
-            {key: best.hparams[key] for key in ("postprocess", "min_pixels")},
+            cleanup_of(best).hparams(),
         )
         write_curves(fitted.history, curves_path(seg, arch, root))
         write_record(
