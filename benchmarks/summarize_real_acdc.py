@@ -37,7 +37,7 @@ import yaml
 
 from seglab.config import CardiacParams, load_params
 from seglab.data.store import load_split
-from seglab.evaluation.segmentation import choose_postprocess, evaluate
+from seglab.evaluation.segmentation import choose_inference, evaluate
 from seglab.inference.segment import load_segmenter, predict_labels
 from seglab.io import write_json
 from seglab.metrics.overlap import STRUCTURES, Case, overlap
@@ -99,12 +99,12 @@ def reevaluate(project: Path, params: CardiacParams, arch: str) -> dict[str, Any
     module = load_segmenter(params.segmenters.checkpoint_path(arch, project))
     trainer = params.segmenters.train_for(arch).trainer
     val, test = load_split(folder / "val.npz"), load_split(folder / "test.npz")
-    cleanup, _ = choose_postprocess(module, val, trainer, params.segmenters)
+    flips, cleanup, _ = choose_inference(module, val, trainer, params.segmenters)
     module.hparams.update(cleanup.hparams())
     pred = predict_labels(module, test, trainer)
     return {
         **evaluate(pred, test),
-        "postprocess": cleanup.describe(),
+        "postprocess": ("flips, " if flips else "") + cleanup.describe(),
         "where_lost": where_lost(pred, test),
     }
 

@@ -62,4 +62,6 @@ def test_a_stage_lists_every_profile_overlay_of_what_it_reads(
 ) -> None:
     assert "profile" in keys, f"{stage}: reads {read[0]}, which profile {profile} overlays"
     missing = [p for p in read if not _covered(f"profiles.{profile}.{p}", keys)]
-    assert missing == [], f"{stage}: profile {profile} overlays {missing}; list profiles.{profile}..."
+    assert missing == [], (
+        f"{stage}: profile {profile} overlays {missing}; list profiles.{profile}..."
+    )

@@ -363,6 +363,9 @@ class SegmentersParams(Section):
     postprocess: Literal["auto", "none", "heart", "structures"] = "auto"
     postprocess_min_pixels: int = Field(0, ge=0)
     postprocess_across_slices: bool = False
+    # Predict from the softmax averaged over each slice's four flips (4x the inference time):
+    # auto keeps it only when it raises the validation Dice after training.
+    flips: Literal["auto"] | bool = "auto"
 
     @model_validator(mode="after")
     def _unique_archs(self) -> SegmentersParams:

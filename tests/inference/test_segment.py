@@ -7,10 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from seglab.config import SegmentersParams, SegmenterTrainParams, TrainerParams
+from seglab.config import (
+    SegmentersParams,
+    SegmenterTrainParams,
+    TrackingParams,
+    TrainerParams,
+)
 from seglab.errors import DataError
 from seglab.inference.postprocess import Cleanup
-from seglab.inference.segment import cleanup_of, context_of, load_segmenter
+from seglab.inference.segment import (
+    cleanup_of,
+    context_of,
+    flips_of,
+    load_segmenter,
+    open_segmenter,
+)
 from seglab.training.segmenters import new_module
 
 
@@ -28,7 +39,7 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path: Path) -> None:
 def test_a_checkpoint_carries_its_input_and_clean_up(tmp_path: Path) -> None:
     train = SegmenterTrainParams(context_slices=1, trainer=TrainerParams(accelerator="cpu"))
     module = new_module("unet", SegmentersParams(train=train))
-    module.hparams.update(Cleanup("heart", 10, across_slices=True).hparams())
+    module.hparams.update({"flips": True, **Cleanup("heart", 10, across_slices=True).hparams()})
     path = tmp_path / "unet.ckpt"
     torch.save(
         {
@@ -40,5 +51,6 @@ def test_a_checkpoint_carries_its_input_and_clean_up(tmp_path: Path) -> None:
     )
     loaded = load_segmenter(path)
     assert context_of(loaded) == 1 and cleanup_of(loaded) == Cleanup("heart", 10, True)
+    assert flips_of(loaded) and open_segmenter(str(path), TrackingParams(), tmp_path).flips
     image = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded.eval()(image), module.eval()(image))

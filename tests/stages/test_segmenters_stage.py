@@ -34,7 +34,13 @@ from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.evaluation.segmentation import TEST_KEYS, evaluate
 from seglab.inference.postprocess import METHODS, MIN_PIXELS, Cleanup
-from seglab.inference.segment import cleanup_of, context_of, load_segmenter, predict_labels
+from seglab.inference.segment import (
+    cleanup_of,
+    context_of,
+    flips_of,
+    load_segmenter,
+    predict_labels,
+)
 from seglab.metrics.anatomy import check_slices
 from seglab.stages.artifacts import load_crossfit
 from seglab.stages.segmenters import (
@@ -292,13 +298,16 @@ def test_a_2_5d_segmenter_keeps_its_context_and_its_clean_up_chosen_on_val(
         [mlflow.get_experiment_by_name(EXPERIMENT).experiment_id]
     )[0]
     assert Cleanup.from_tags(run.data.tags) == cleanup
+    assert run.data.tags["predict_flips"] == str(flips_of(module))
     scores = {
         key.removeprefix("val_dice_mean_postprocess_"): value
         for key, value in run.data.metrics.items()
         if key.startswith("val_dice_mean_postprocess_")
     }
-    assert len(scores) == len(METHODS) * len(MIN_PIXELS) * 2  # each with and without 3D
-    assert scores[cleanup.name] == max(scores.values())
+    # each clean-up with and without the step across slices, on plain and flip-averaged output
+    assert len(scores) == len(METHODS) * len(MIN_PIXELS) * 2 * 2
+    chosen = ("flips_" if flips_of(module) else "") + cleanup.name
+    assert scores[chosen] == max(scores.values())
     test = load_split(tmp_path / "prepared" / "test.npz")
     pred = predict_labels(module, test, train.trainer)
     assert evaluate(pred, test)["dice_mean"] == pytest.approx(result["dice_mean"], nan_ok=True)

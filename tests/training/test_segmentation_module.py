@@ -16,7 +16,12 @@ from seglab.config import (
 )
 from seglab.models.segmenters import ARCHS, build_segmenter
 from seglab.training.datamodule import TensorDataModule
-from seglab.training.segmentation_module import SegmentationModule, lr_factor
+from seglab.training.segmentation_module import (
+    FLIPS,
+    SegmentationModule,
+    flip_averaged_softmax,
+    lr_factor,
+)
 
 NAMES = {3: "lv", 2: "myo", 1: "rv"}
 
@@ -122,6 +127,30 @@ def test_binary_sigmoid_mode_for_the_brain_study() -> None:
     pred = module.predict_step(torch.rand(3, 1, 64, 64), 0)
     assert pred.dtype == torch.uint8 and pred.shape == (3, 64, 64)
     assert set(pred.unique().tolist()) <= {0, 1}
+
+
+class _LeftHeavy(nn.Module):
+    """Logits that favour class 1 on the left half of the image: not flip-symmetric."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(1.0, -1.0, x.shape[-1]).expand_as(x[:, 0])
+        return torch.stack([torch.zeros_like(ramp), ramp + x[:, 0]], dim=1)
+
+
+def test_flips_average_the_softmax_of_the_four_flipped_images_flipped_back() -> None:
+    image = torch.rand(2, 1, 8, 8)
+    net = _LeftHeavy()
+    manual = sum(
+        net(image.flip(d)).softmax(1).flip(d) if d else net(image).softmax(1) for d in FLIPS
+    )
+    averaged = flip_averaged_softmax(net, image)
+    assert torch.allclose(averaged, manual / 4) and torch.allclose(averaged.sum(1), torch.ones(1))
+    # the ramp cancels out over the left-right flips: only the image decides
+    assert torch.equal(averaged.argmax(1), (image[:, 0] > 0).long())
+    module = SegmentationModule(net, 2)
+    assert torch.equal(module.predict_step(image, 0), net(image).argmax(1).to(torch.uint8))
+    module.hparams["flips"] = True
+    assert torch.equal(module.predict_step(image, 0), averaged.argmax(1).to(torch.uint8))
 
 
 @pytest.mark.parametrize("loss", ["dice_ce", "dice", "ce"])

@@ -55,13 +55,30 @@ def volume_ids(slices: SliceSet) -> np.ndarray:
     return (meta["patient"].astype(str) + "/" + meta["frame"].astype(str)).to_numpy()
 
 
-def choose_postprocess(
+def choose_inference(
     module: SegmentationModule, val: SliceSet, trainer: TrainerParams, seg: SegmentersParams
-) -> tuple[Cleanup, dict[str, float]]:
-    """The clean-up for ``module``: the params' one, or with ``auto`` the one with the best
-    validation Dice (never the test split); and each one's validation Dice."""
-    if seg.postprocess != "auto":
-        fixed = Cleanup(seg.postprocess, seg.postprocess_min_pixels, seg.postprocess_across_slices)
-        return fixed, {}
-    pred = predict_labels(module, val, trainer, raw=True)
-    return choose(pred, lambda p: dice_mean(p, val), volume_rows(val.meta))
+) -> tuple[bool, Cleanup, dict[str, float]]:
+    """How ``module`` predicts: whether it averages over flips (``segmenters.flips``) and its
+    clean-up (``segmenters.postprocess``), each the params' or, with ``auto``, the one with the
+    best validation Dice (never the test split); and every option's validation Dice, keyed by
+    :attr:`Cleanup.name` (``flips_`` first for the flip-averaged predictions).
+
+    Leaves ``module.hparams["flips"]`` as chosen.
+    """
+    fixed = Cleanup(seg.postprocess, seg.postprocess_min_pixels, seg.postprocess_across_slices)
+    best: tuple[float, bool, Cleanup] | None = None
+    scores: dict[str, float] = {}
+    for flips in (False, True) if seg.flips == "auto" else (seg.flips,):
+        module.hparams["flips"] = flips
+        pred = predict_labels(module, val, trainer, raw=True)
+        if seg.postprocess == "auto":
+            cleanup, tried = choose(pred, lambda p: dice_mean(p, val), volume_rows(val.meta))
+        else:
+            cleanup = fixed
+            tried = {fixed.name: dice_mean(fixed.apply(pred, volume_rows(val.meta)), val)}
+        scores |= {("flips_" if flips else "") + key: value for key, value in tried.items()}
+        if best is None or tried[cleanup.name] > best[0]:  # flips must earn their place too
+            best = (tried[cleanup.name], flips, cleanup)
+    assert best is not None
+    module.hparams["flips"] = best[1]
+    return best[1], best[2], scores

@@ -22,7 +22,7 @@ from seglab.errors import DataError
 from seglab.inference.postprocess import Cleanup
 from seglab.models.segmenters import build_segmenter
 from seglab.training.fit import inference_batch, predict
-from seglab.training.segmentation_module import SegmentationModule
+from seglab.training.segmentation_module import SegmentationModule, flip_averaged_softmax
 
 
 def image_tensor(slices: SliceSet, context: int = 0) -> torch.Tensor:
@@ -32,12 +32,18 @@ def image_tensor(slices: SliceSet, context: int = 0) -> torch.Tensor:
 
 
 #: Hyper-parameters the training stage keeps in a segmenter's checkpoint beside the module's own.
-STAGE_HPARAMS = ("arch", "net_params", "context_slices", *Cleanup.KEYS)
+STAGE_HPARAMS = ("arch", "net_params", "context_slices", "flips", *Cleanup.KEYS)
 
 
 def context_of(module: SegmentationModule) -> int:
     """The neighbouring slices on either side that ``module`` takes as input (0 before 2.5D)."""
     return int(module.hparams.get("context_slices", 0))
+
+
+def flips_of(module: SegmentationModule) -> bool:
+    """Whether ``module`` predicts from the softmax averaged over four flips (chosen on
+    validation after its training; off before the choice existed)."""
+    return bool(module.hparams.get("flips", False))
 
 
 def cleanup_of(module: SegmentationModule) -> Cleanup:
@@ -74,7 +80,8 @@ def load_segmenter(path: Path) -> SegmentationModule:
 def predict_labels(
     module: SegmentationModule, slices: SliceSet, trainer: TrainerParams, *, raw: bool = False
 ) -> np.ndarray:
-    """uint8 [N, H, W] predicted label maps of every slice: the argmax of the logits, cleaned
+    """uint8 [N, H, W] predicted label maps of every slice: the argmax of the logits (of the
+    softmax averaged over four flips when chosen, :func:`flips_of`), cleaned
     up as chosen after training (:func:`cleanup_of`) unless ``raw``."""
     if len(slices) == 0:
         return np.zeros(slices.label.shape, dtype=np.uint8)
@@ -84,6 +91,8 @@ def predict_labels(
     return pred if raw else cleanup_of(module).apply(pred, volume_rows(slices.meta))
 
 
+#: The training run's tag that says whether a registered segmenter averages over flips.
+FLIPS_TAG = "predict_flips"
 #: Registered segmenters are named ``<SEGMENTER_PREFIX><arch>``.
 SEGMENTER_PREFIX = "acdc-segmenter-"
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
@@ -102,17 +111,22 @@ class Segmenter:
     name: str
     version: str | None = None
     run_id: str | None = None
+    flips: bool = False  # the softmax averaged over the four flips of each slice
 
     def __call__(self, slices: SliceSet, batch_size: int = 8) -> np.ndarray:
         """uint8 ``[N, S, S]`` label maps of ``slices`` (on the CPU), cleaned up."""
         images = image_tensor(slices, self.context)
         with torch.no_grad():
             parts = [
-                self.net(images[i : i + batch_size]).argmax(1).to(torch.uint8)
+                self._scores(images[i : i + batch_size]).argmax(1).to(torch.uint8)
                 for i in range(0, len(images), batch_size)
             ]
         pred = torch.cat(parts).numpy() if parts else np.zeros(slices.label.shape, np.uint8)
         return self.cleanup.apply(pred, volume_rows(slices.meta))
+
+    def _scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-class scores whose argmax is the label: logits, or the flip-averaged softmax."""
+        return flip_averaged_softmax(self.net, images) if self.flips else self.net(images)
 
 
 def open_segmenter(ref: str, tracking: TrackingParams, root: Path) -> Segmenter:
@@ -132,7 +146,9 @@ def open_segmenter(ref: str, tracking: TrackingParams, root: Path) -> Segmenter:
         ref = best_champion(SEGMENTER_PREFIX, tracking, root)
     if not _URI.match(ref):
         module = load_segmenter(Path(ref)).eval()
-        return Segmenter(module.net, context_of(module), cleanup_of(module), name=ref)
+        return Segmenter(
+            module.net, context_of(module), cleanup_of(module), name=ref, flips=flips_of(module)
+        )
     net = load_model(ref, tracking, root, map_location="cpu")
     version = resolve_version(ref, tracking, root) if ref.startswith("models:/") else None
     run_id = version.run_id if version is not None else None
@@ -142,6 +158,7 @@ def open_segmenter(ref: str, tracking: TrackingParams, root: Path) -> Segmenter:
         net,
         context=(channels - 1) // 2,
         cleanup=Cleanup.from_tags(tags),
+        flips=tags.get(FLIPS_TAG, "False") == "True",
         name=f"{ref} (version {version.version})" if version is not None else ref,
         version=str(version.version) if version is not None else None,
         run_id=run_id,

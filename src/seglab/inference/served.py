@@ -113,7 +113,7 @@ class CardiacPipeline(PythonModel):
         seg = config["segmenter"]
         segmenter = Segmenter(
             net("segmenter"), seg["context"], Cleanup.from_hparams(seg), seg["name"],
-            seg["version"], seg["run_id"],
+            seg["version"], seg["run_id"], seg.get("flips", False),
         )  # fmt: skip
         loaded = {
             key: Corrector(
@@ -210,7 +210,9 @@ def register_pipeline(
         tags[f"{key}.model"] = uri
         tags[f"{key}.version"] = str(version.version)
         tags[f"{key}.run_id"] = str(version.run_id)
-    config["segmenter"].update(context=chosen.context, **chosen.cleanup.hparams())
+    config["segmenter"].update(
+        context=chosen.context, flips=chosen.flips, **chosen.cleanup.hparams()
+    )
     seg_run = mlflow.MlflowClient().get_run(seg_version.run_id)
     evaluated = {k: seg_tags[k] for k in (EVAL_SPLIT_TAG, EVAL_DATASET_TAG) if k in seg_tags}
     run_params = {"gated": config["gated"], **parts}

@@ -42,10 +42,12 @@ from matplotlib.figure import Figure
 from seglab.config import CardiacParams, SegmentersParams, TrainerParams
 from seglab.data.store import SliceSet
 from seglab.errors import ConfigError
-from seglab.evaluation.segmentation import TEST_KEYS, VOLUME_KEYS, choose_postprocess, evaluate
+from seglab.evaluation.segmentation import TEST_KEYS, VOLUME_KEYS, choose_inference, evaluate
 from seglab.inference.segment import (
+    FLIPS_TAG,
     cleanup_of,
     context_of,
+    flips_of,
     image_tensor,
     load_segmenter,
     predict_labels,
@@ -148,10 +150,10 @@ def _train(
         log_every_n_steps=1,  # the module logs per epoch only; this just silences the warning
     )
     best = load_segmenter(result.best_path)
-    cleanup, scores = choose_postprocess(best, splits["val"], trainer, seg)
+    flips, cleanup, scores = choose_inference(best, splits["val"], trainer, seg)
     best.hparams.update(cleanup.hparams())
     log_metrics({f"val_dice_mean_postprocess_{key}": v for key, v in scores.items()})
-    set_tags(cleanup.tags())
+    set_tags({**cleanup.tags(), FLIPS_TAG: str(flips)})
     return best, result
 
 
@@ -248,7 +250,7 @@ def train_segmenter(
         export_checkpoint(
             final / "best.ckpt",
             seg.checkpoint_path(arch, root),
-            cleanup_of(best).hparams(),
+            {"flips": flips_of(best), **cleanup_of(best).hparams()},
         )
         write_curves(fitted.history, curves_path(seg, arch, root))
         write_record(

@@ -37,6 +37,20 @@ OptimizerName = Literal["adam", "adamw"]
 ScheduleName = Literal["constant", "cosine", "poly"]
 
 
+#: The four flips of a 2D image (none, left-right, up-down, both) averaged at inference.
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+def flip_averaged_softmax(net: nn.Module, image: Tensor) -> Tensor:
+    """Class probabilities ``[B, C, H, W]`` of ``image`` averaged over its four flips, each
+    flipped back (nnU-Net's mirroring at inference): the networks train on flipped slices, so
+    each flip is a second opinion on the same anatomy."""
+    total = net(image).softmax(1)
+    for dims in FLIPS[1:]:
+        total = total + net(image.flip(dims)).softmax(1).flip(dims)
+    return total / len(FLIPS)
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: ScheduleName) -> float:
     """The learning-rate multiplier at optimiser ``step`` of ``total``: a linear warm-up from
     ``1 / warmup`` over ``warmup`` steps, then constant, cosine to 0 or poly (1 - t)^0.9 to 0.
@@ -216,6 +230,10 @@ class SegmentationModule(L.LightningModule):
         self.log_dict(metrics, sync_dist=True)  # already reduced: the same on every process
 
     def predict_step(self, batch: Sequence[Tensor] | Tensor, batch_idx: int) -> Tensor:
-        """Label maps ``[B, H, W]`` (uint8) of a batch of images (or ``(image, ...)`` tuples)."""
+        """Label maps ``[B, H, W]`` (uint8) of a batch of images (or ``(image, ...)`` tuples);
+        with the hyper-parameter ``flips`` (chosen after training), from the softmax averaged
+        over the image's four flips."""
         image = batch if isinstance(batch, Tensor) else batch[0]
+        if self.hparams.get("flips", False) and self.num_classes > 1:
+            return flip_averaged_softmax(self, image).argmax(1).to(torch.uint8)
         return self.labels(self(image))
