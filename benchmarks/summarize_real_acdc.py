@@ -303,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for arch in summary["segmenters"]:
         folder, run = elsewhere.get(arch, (project, params))
         source = folder / run.segmenters.metrics / f"{arch}.curves.csv"
-        if source.is_file():
+        # a tracked quick-profile file is not this run's (as in collect: no checkpoint)
+        if source.is_file() and run.segmenters.checkpoint_path(arch, folder).is_file():
             shutil.copy(source, out / "curves" / source.name)
         if (out / "curves" / source.name).is_file():  # copied now, or kept from an earlier run
             curves.append(f"{arch}={out / 'curves' / source.name}")
