@@ -1,9 +1,10 @@
 """Segment prepared slices with a trained segmenter: load its checkpoint, build its input (the
 slice, or the slice between its neighbours for a 2.5D model) and predict label maps, cleaned up
-as chosen after its training (:mod:`seglab.inference.postprocess`).
+as chosen after its training: from the softmax averaged over four flips or not, then cleaned up
+(:mod:`seglab.inference.postprocess`).
 
 What a checkpoint needs at inference lives in its hyper-parameters (architecture and sizes,
-``context_slices`` and the clean-up), so predicting never reads params.yaml.
+``context_slices``, ``flips`` and the clean-up), so predicting never reads params.yaml.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def load_segmenter(path: Path) -> SegmentationModule:
             net=build_segmenter(arch, nets, in_channels=1 + 2 * context),
             map_location="cpu",
             # What the stage stored beside the module's own settings; older checkpoints lack
-            # the later keys, and context_of / cleanup_of supply their defaults.
+            # the later keys, and context_of / flips_of / cleanup_of supply their defaults.
             hparams={key: hparams[key] for key in STAGE_HPARAMS if key in hparams},
         )
     except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as exc:
@@ -81,8 +82,8 @@ def predict_labels(
     module: SegmentationModule, slices: SliceSet, trainer: TrainerParams, *, raw: bool = False
 ) -> np.ndarray:
     """uint8 [N, H, W] predicted label maps of every slice: the argmax of the logits (of the
-    softmax averaged over four flips when chosen, :func:`flips_of`), cleaned
-    up as chosen after training (:func:`cleanup_of`) unless ``raw``."""
+    softmax averaged over four flips when chosen, :func:`flips_of`), cleaned up as chosen after
+    training (:func:`cleanup_of`) unless ``raw``."""
     if len(slices) == 0:
         return np.zeros(slices.label.shape, dtype=np.uint8)
     batch = inference_batch(trainer)
