@@ -1,0 +1,85 @@
+"""The real-ACDC report scripts on tiny stand-ins: ``inference_choices.py`` chooses on the
+validation split only and scores every network and their ensemble; ``summarize_real_acdc.py
+--keep`` keeps what a run lacks."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+from tests.benchmarks.test_benchmarks import BENCHMARKS, prepared
+from tests.helpers import TINY
+
+from seglab.config import SegmentersParams, SegmenterTrainParams
+from seglab.training.segmenters import new_module
+
+
+@pytest.fixture(scope="module")
+def scripts() -> Iterator[dict[str, ModuleType]]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(BENCHMARKS))
+        names = ("common", "inference_choices", "summarize_real_acdc")
+        yield {name: importlib.import_module(name) for name in names}
+
+
+def _checkpoint(path: Path, arch: str, seed: int) -> Path:
+    torch.manual_seed(seed)
+    train = SegmenterTrainParams(context_slices=1)
+    module = new_module(arch, SegmentersParams(nets=TINY, train=train))
+    payload = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    torch.save(payload | {"pytorch-lightning_version": "2.6.6"}, path)
+    return path
+
+
+def test_inference_choices_choose_on_validation_and_score_the_ensemble(
+    scripts: dict[str, ModuleType], tmp_path: Path
+) -> None:
+    folder = prepared(tmp_path / "prepared")
+    ckpts = [_checkpoint(tmp_path / f"{a}.ckpt", a, k) for k, a in enumerate(("unet", "attunet"))]
+    out = tmp_path / "choices.json"
+    argv = [*map(str, ckpts), "--prepared", str(folder), "--threads", "1", "--json", str(out)]
+    results = scripts["inference_choices"].main(argv)
+    assert json.loads(out.read_text()) == results
+    assert set(results) == {"unet", "attunet", "ensemble"}
+    for name, row in results.items():
+        scores = row["val_dice_mean"]
+        assert len(scores) == 2 * (1 + len(scripts["inference_choices"].FRACTIONS))
+        assert scores[row["chosen_on_val"]] == max(scores.values())  # validation decides
+        assert 0.0 <= row["test_dice_mean"] <= 1.0 and "test_dice3d_mean" in row
+        assert ("stored" in row) == (name != "ensemble")
+
+
+def test_drop_relative_removes_a_structure_where_it_is_small_against_its_volume(
+    scripts: dict[str, ModuleType],
+) -> None:
+    pred = np.zeros((3, 8, 8), np.uint8)
+    pred[0, :6, :6] = pred[1, :5, :5] = 1  # 36 and 25 pixels
+    pred[2, :2, :2] = 1  # 4 pixels: 11 % of the largest
+    out = scripts["inference_choices"].drop_relative(pred, [np.array([0, 1, 2])], 0.2)
+    assert out[2].max() == 0 and (out[:2] == pred[:2]).all()
+
+
+def test_keep_takes_what_the_run_lacks_from_the_earlier_summary(
+    scripts: dict[str, ModuleType],
+) -> None:
+    keep = scripts["summarize_real_acdc"].keep_missing
+    earlier = {
+        "segmenters": {"unet": {"dice_mean": 0.8}, "swinunetr": {"dice_mean": 0.7}},
+        "nvae": {"dice_mean": 0.9},
+        "correctors": {"context": {"dice_mean": 0.81}},
+        "correction": {"rows": 1},
+        "correction_inputs_commit": "abc",
+    }
+    run = {"segmenters": {"unet": {"dice_mean": 0.84}}, "nvae": None, "correctors": {}}
+    kept = keep(run, earlier)
+    assert kept["segmenters"] == {"unet": {"dice_mean": 0.84}, "swinunetr": {"dice_mean": 0.7}}
+    assert kept["correctors"] == earlier["correctors"] and kept["correction_inputs_commit"] == "abc"
+    newer = {**run, "correctors": {"context": {"dice_mean": 0.83}}, "nvae": {"dice_mean": 0.91}}
+    assert keep(newer, earlier)["correctors"] == newer["correctors"]  # the run's own win
+    assert keep(newer, earlier)["nvae"] == newer["nvae"]
