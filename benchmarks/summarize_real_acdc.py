@@ -248,8 +248,9 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary["correctors"]:
         lines += [
             "",
-            f"Correctors: inputs are the masks of the segmenters trained at "
-            f"`{(summary.get('correction_inputs_commit') or '')[:7]}`.",
+            "Correctors: trained and evaluated at "
+            f"`{(summary.get('correction_inputs_commit') or '')[:7]}` on ACDCSeg as that run's "
+            "segmenters predicted it.",
             "",
             "| corrector | input Dice | Dice mean | LV | MYO | RV | HD95 mm | input validity "
             "| validity | study Dice |",
