@@ -24,7 +24,7 @@ from seglab.training.segmenters import new_module
 def scripts() -> Iterator[dict[str, ModuleType]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(BENCHMARKS))
-        names = ("common", "inference_choices", "summarize_real_acdc")
+        names = ("common", "gate_choices", "inference_choices", "summarize_real_acdc")
         yield {name: importlib.import_module(name) for name in names}
 
 
@@ -83,3 +83,18 @@ def test_keep_takes_what_the_run_lacks_from_the_earlier_summary(
     newer = {**run, "correctors": {"context": {"dice_mean": 0.83}}, "nvae": {"dice_mean": 0.91}}
     assert keep(newer, earlier)["correctors"] == newer["correctors"]  # the run's own win
     assert keep(newer, earlier)["nvae"] == newer["nvae"]
+
+
+def test_gate_choices_choose_from_validation_figures_alone(
+    scripts: dict[str, ModuleType],
+) -> None:
+    module = scripts["gate_choices"]
+    names = list(module.gates())
+    assert "validity" in names and "validity+plausibility<0.8" in names
+    assert len(names) == 2 * len(module.THRESHOLDS) - 1  # "take nothing" left out
+    val = {n: {"dice_mean": 0.80, "anatomical_validity": 0.90} for n in names}
+    val["input"] = {"dice_mean": 0.85, "anatomical_validity": 0.80}
+    val["validity"] = {"dice_mean": 0.849, "anatomical_validity": 0.95}
+    val["plausibility<0.9"] = {"dice_mean": 0.86, "anatomical_validity": 0.85}
+    chosen = module.choose(val, 0.002)
+    assert chosen == {"best_dice": "plausibility<0.9", "most_valid_within": "validity"}
