@@ -1,16 +1,14 @@
-"""Which gate would ACDCSeg's validation rows choose for a trained corrector? Every gate of
-:class:`seglab.config.GateParams` (the validity test on or off, the plausibility test off or
-below each of several thresholds) applied to the corrector's output on the validation rows and
-on the test rows; two rules choose on validation only, and test figures are printed for every
-gate, never used to choose:
+"""Every gate of a trained corrector, scored on ACDCSeg's validation rows and on its test rows:
+what the corrector stage's choice (``correctors.gate: auto``, :mod:`seglab.evaluation.
+gate_choice`) sees on validation, and what each gate would have given on test, printed beside
+it, never used to choose. Two rules choose on validation only:
 
 - ``best_dice``: the highest validation Dice;
-- ``most_valid_within``: the highest validation validity among the gates that cost at most
-  ``--tolerance`` (0.002, the issue's goal) of the input's validation Dice.
+- ``most_valid_within``: the stage's rule, the highest validation validity among the gates that
+  cost at most ``--tolerance`` of the input's validation Dice.
 
-The correction stage gates with the fixed ``correctors.gate`` of params.yaml; this measures
-what choosing it on validation would buy. Run in the project folder of a correction study
-(its ACDCSeg, NVAE of ground-truth masks and trained corrector):
+Run in the project folder of a correction study (its ACDCSeg, NVAE of ground-truth masks and
+trained corrector):
 
     uv run --frozen python benchmarks/gate_choices.py /path/to/project --variant context \\
         --json gate_choices.json
@@ -24,66 +22,44 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from seglab.config import CardiacParams, GateParams, load_params
+from seglab.config import CardiacParams, load_params
 from seglab.data.store import SliceSet, load_splits
-from seglab.inference.correction import correct, gate, plausibility
-from seglab.inference.nvae import CHECKPOINT, load_nvae
+from seglab.evaluation.gate_choice import (
+    CorrectedRows,
+    candidates,
+    choose_gate,
+    score_gates,
+)
+from seglab.inference.correct import load_corrector
+from seglab.inference.correction import correct, plausibility
+from seglab.inference.nvae import CHECKPOINT, NvaeModule, load_nvae
 from seglab.metrics.anatomy import check_slices
 from seglab.metrics.emptied import check_against
-from seglab.metrics.overlap import overlap, summarize_overlap
 from seglab.variants import CORRECTORS
 
-THRESHOLDS = (None, 0.5, 0.6, 0.7, 0.8, 0.9)
-FIGURES = ("dice_mean", "dice_lv", "dice_myo", "dice_rv", "anatomical_validity")
 
-
-def gates() -> dict[str, GateParams]:
-    """Every gate, by name (``validity+plausibility<0.8``); the one taking nothing is left out."""
-    out = {}
-    for validity in (True, False):
-        for below in THRESHOLDS:
-            if validity or below is not None:
-                name = "+".join(
-                    (["validity"] if validity else [])
-                    + ([f"plausibility<{below}"] if below is not None else [])
-                )
-                out[name] = GateParams(validity=validity, plausibility_below=below)
-    return out
-
-
-def figures(labels: np.ndarray, rows: SliceSet) -> dict[str, float]:
-    """Dice and anatomical validity against the ground truth, as the correction stage reports."""
-    dice = summarize_overlap(overlap(labels, rows.label, rows.spacing))
-    valid = check_against(labels, rows.label, rows.spacing).summary()
-    return {k: float({**dice, **valid}[k]) for k in FIGURES}
-
-
-def score_split(rows: SliceSet, variant: str, corrector: Any, gt_nvae: Any) -> dict[str, Any]:
+def score_split(
+    rows: SliceSet, variant: str, corrector: NvaeModule, gt_nvae: NvaeModule
+) -> dict[str, dict[str, float]]:
     """The input, the plain correction and every gate on one split's rows."""
     source = CORRECTORS[variant].source
     stored = rows.extra[source]
     before = stored[:, 1] if source == "context" else stored  # a 3-gram's middle map
     after = correct(corrector, stored)
-    valid_before = check_slices(before, rows.spacing).valid
-    valid_after = check_against(after, before, rows.spacing).valid  # an erased heart is invalid
-    plausible = plausibility(gt_nvae, before)
-    scored = {"input": figures(before, rows), "plain": figures(after, rows)}
-    for name, params in gates().items():
-        gated = gate(before, after, valid_before, valid_after, plausible, params)
-        scored[name] = figures(gated.labels, rows) | {"taken": int(gated.taken.sum())}
-    return scored
+    corrected = CorrectedRows(
+        before,
+        after,
+        check_slices(before, rows.spacing).valid,
+        check_against(after, before, rows.spacing).valid,  # an erased heart is invalid
+        plausibility(gt_nvae, before),
+    )
+    return score_gates(corrected, rows.label, rows.spacing)
 
 
 def choose(val: dict[str, dict[str, float]], tolerance: float) -> dict[str, str]:
     """The gate each rule picks from the validation figures alone."""
-    names = list(gates())
-    best = max(names, key=lambda n: val[n]["dice_mean"])
-    floor = val["input"]["dice_mean"] - tolerance
-    within = [n for n in names if val[n]["dice_mean"] >= floor] or [best]
-    valid = max(within, key=lambda n: (val[n]["anatomical_validity"], val[n]["dice_mean"]))
-    return {"best_dice": best, "most_valid_within": valid}
+    best = max(candidates(), key=lambda g: val[g.name]["dice_mean"])
+    return {"best_dice": best.name, "most_valid_within": choose_gate(val, tolerance).name}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -97,30 +73,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     project = args.project.resolve()
     params = load_params(project / args.params, CardiacParams)
     splits = load_splits(project / CORRECTORS[args.variant].folder(params))
-    corrector = load_nvae(project / params.correctors.models / f"{args.variant}.ckpt")
+    path = project / params.correctors.models / f"{args.variant}.ckpt"
+    corrector = load_nvae(path)
     gt_nvae = load_nvae(project / params.nvae.models / CHECKPOINT)
     val, test = (score_split(splits[s], args.variant, corrector, gt_nvae) for s in ("val", "test"))
     chosen = choose(val, args.tolerance)
-    fixed = params.correctors.gate
-    stage = next((n for n, g in gates().items() if g == fixed), None)
+    stored = load_corrector(str(path), params, project).gate
     results = {
         "variant": args.variant,
         "rows": {"val": len(splits["val"]), "test": len(splits["test"])},
         "tolerance": args.tolerance,
-        "stage_gate": stage,
+        "stage_gate": stored.name if stored is not None else None,
         "chosen_on_val": chosen,
         "val": val,
         "test": test,
     }
-    print(f"{args.variant} corrector: {results['rows']} rows; the stage gates with {stage}")
+    print(f"{args.variant} corrector: {results['rows']} rows; its stage chose {stored}")
     print("| gate | val Dice | val validity | test Dice | test validity | test taken |")
     print("|---|---|---|---|---|---|")
     for name in val:
         mark = "".join(f" ({rule})" for rule, n in chosen.items() if n == name)
         v, t = val[name], test[name]
+        taken = f"{t['taken']:.0f}" if "taken" in t else "-"
         print(
             f"| {name}{mark} | {v['dice_mean']:.4f} | {v['anatomical_validity']:.3f} "
-            f"| {t['dice_mean']:.4f} | {t['anatomical_validity']:.3f} | {t.get('taken', '-')} |"
+            f"| {t['dice_mean']:.4f} | {t['anatomical_validity']:.3f} | {taken} |"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -514,6 +514,17 @@ class GateParams(Section):
     validity: bool = True
     plausibility_below: float | None = Field(0.8, ge=0, le=1)
 
+    @property
+    def name(self) -> str:
+        """``validity``, ``plausibility_below_0.8``, ``validity_or_plausibility_below_0.8``
+        (``nothing`` when both tests are off): a key of its figures, an MLflow tag."""
+        tests = (["validity"] if self.validity else []) + (
+            [f"plausibility_below_{self.plausibility_below:g}"]
+            if self.plausibility_below is not None
+            else []
+        )
+        return "_or_".join(tests) or "nothing"
+
 
 class CorrectorsParams(Section):
     """The correction study's correctors (DVC stage ``train_corrector@<variant>``, MLflow
@@ -529,13 +540,25 @@ class CorrectorsParams(Section):
     __pydantic_extra__: dict[str, CorrectorParams] = Field(init=False)
 
     variants: tuple[str, ...] = ("nvae", "context")
-    gate: GateParams = GateParams()
+    # auto: each corrector's gate is chosen after training on ACDCSeg's validation rows
+    # (seglab.evaluation.gate_choice: the most valid gate costing at most gate_tolerance of the
+    # input's validation Dice) and travels with the corrector; a mapping fixes one gate.
+    gate: Literal["auto"] | GateParams = "auto"
+    gate_tolerance: float = Field(0.002, ge=0, le=1)
     log_every_n_steps: int = Field(10, ge=1)
     figure_rows: int = Field(6, ge=1)
     models: str = "models/correctors"  # <variant>.ckpt: the lowest validation loss
     metrics: str = "metrics/correctors"  # <variant>.json: test figures, timings, run, version
     predictions: str = "data/corrections"  # <variant>.npz: corrected + gated test masks, scores
     work: str = "data/work/correctors"  # checkpoints of an unfinished training (resumed)
+
+    def gate_for(self, chosen: GateParams | None) -> GateParams:
+        """The gate to apply with a corrector whose training chose ``chosen`` (None: it chose
+        none, e.g. trained before the choice existed): a fixed ``gate`` wins, auto takes the
+        corrector's, else the default gate."""
+        if isinstance(self.gate, GateParams):
+            return self.gate
+        return chosen or GateParams()
 
     @model_validator(mode="before")
     @classmethod

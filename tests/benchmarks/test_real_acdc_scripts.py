@@ -17,6 +17,7 @@ from tests.benchmarks.test_benchmarks import BENCHMARKS, prepared
 from tests.helpers import TINY
 
 from seglab.config import SegmentersParams, SegmenterTrainParams
+from seglab.evaluation.gate_choice import THRESHOLDS, candidates
 from seglab.training.segmenters import new_module
 
 
@@ -89,12 +90,12 @@ def test_gate_choices_choose_from_validation_figures_alone(
     scripts: dict[str, ModuleType],
 ) -> None:
     module = scripts["gate_choices"]
-    names = list(module.gates())
-    assert "validity" in names and "validity+plausibility<0.8" in names
-    assert len(names) == 2 * len(module.THRESHOLDS) - 1  # "take nothing" left out
+    names = [g.name for g in candidates()]
+    assert "validity" in names and "validity_or_plausibility_below_0.8" in names
+    assert len(names) == 2 * len(THRESHOLDS) + 1  # "take nothing" left out
     val = {n: {"dice_mean": 0.80, "anatomical_validity": 0.90} for n in names}
     val["input"] = {"dice_mean": 0.85, "anatomical_validity": 0.80}
     val["validity"] = {"dice_mean": 0.849, "anatomical_validity": 0.95}
-    val["plausibility<0.9"] = {"dice_mean": 0.86, "anatomical_validity": 0.85}
+    val["plausibility_below_0.9"] = {"dice_mean": 0.86, "anatomical_validity": 0.85}
     chosen = module.choose(val, 0.002)
-    assert chosen == {"best_dice": "plausibility<0.9", "most_valid_within": "validity"}
+    assert chosen == {"best_dice": "plausibility_below_0.9", "most_valid_within": "validity"}

@@ -16,7 +16,7 @@ import yaml
 from mlflow import MlflowClient
 
 from seglab.cli import main
-from seglab.config import CardiacParams, NvaeParams, TrackingParams
+from seglab.config import CardiacParams, GateParams, NvaeParams, TrackingParams
 from seglab.errors import DataError, SeglabError
 from seglab.inference.correct import QC_COLUMNS, correct_volume, render_summary
 from seglab.inference.nvae import NvaeReconstructor
@@ -36,13 +36,14 @@ def tiny_corrector(in_channels: int, seed: int = 0) -> NvaeModule:
     return NvaeModule(params, SIZE).eval()
 
 
-def save_checkpoint(module: NvaeModule, path: Path) -> Path:
-    """What the training stages keep of their best epoch (weights and hyper-parameters)."""
+def save_checkpoint(module: NvaeModule, path: Path, **stored: object) -> Path:
+    """What the training stages keep of their best epoch (weights and hyper-parameters, with
+    ``stored`` choices made after training, e.g. the gate)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
             "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
+            "hyper_parameters": {**module.hparams, **stored},
             "pytorch-lightning_version": L.__version__,
         },
         path,
@@ -164,7 +165,7 @@ def test_gated_correction_takes_only_what_the_gate_allows(
     qc = pd.read_csv(summary.qc)
     assert list(qc["plausibility"]) == [1.0] + [0.0] * (len(qc) - 1)
     assert summary.plausibility == pytest.approx(1 / len(qc))
-    gate = params.correctors.gate
+    gate = GateParams()  # the default: the checkpoint stores none
     expected = (qc["valid_corrected"] & ~qc["valid_before"]) | (
         qc["plausibility"] < gate.plausibility_below
     )
@@ -176,6 +177,38 @@ def test_gated_correction_takes_only_what_the_gate_allows(
     assert list(qc["valid_after"]) == list(
         np.where(qc["taken"], qc["valid_corrected"], qc["valid_before"])
     )
+
+
+@pytest.mark.realdata
+def test_the_gate_chosen_in_training_travels_with_the_corrector_unless_params_fix_one(
+    real: tuple[Path, Path], tmp_path: Path
+) -> None:
+    real_seg, image = real
+    background_nvae(tmp_path / "models/nvae/nvae.ckpt")  # every input implausible but empty ones
+    validity_only = GateParams(plausibility_below=None)
+    stored = save_checkpoint(
+        tiny_corrector(4), tmp_path / "c4.ckpt", gate=validity_only.model_dump(mode="json")
+    )
+    auto = cardiac_params(nvae={"models": "models/nvae"})
+    summary = correct_volume(
+        real_seg, image, tmp_path / "a.nii.gz", model=str(stored), params=auto, root=tmp_path,
+        gated=True,
+    )  # fmt: skip
+    qc = pd.read_csv(summary.qc)
+    earned = qc["valid_corrected"] & ~qc["valid_before"] & ~qc["emptied"]
+    assert list(qc["taken"]) == list(earned)  # validity alone: plausibility took nothing
+    assert summary.taken < (qc["plausibility"] < 0.8).sum()
+
+    fixed = cardiac_params(
+        nvae={"models": "models/nvae"},
+        correctors={"gate": {"validity": False, "plausibility_below": 0.8}},
+    )
+    summary = correct_volume(
+        real_seg, image, tmp_path / "f.nii.gz", model=str(stored), params=fixed, root=tmp_path,
+        gated=True,
+    )  # fmt: skip
+    qc = pd.read_csv(summary.qc)
+    assert list(qc["taken"]) == list((qc["plausibility"] < 0.8) & ~qc["emptied"])
 
 
 @pytest.mark.realdata
@@ -201,7 +234,7 @@ def test_gating_by_plausibility_needs_the_nvae_of_ground_truth_masks(
 ) -> None:
     seg, image = real
     out = tmp_path / "out.nii.gz"
-    with pytest.raises(SeglabError, match=r"nvae\.ckpt: gated correction needs the NVAE"):
+    with pytest.raises(SeglabError, match=r"nvae\.ckpt: the gate \(validity_or_plausibility_"):
         correct_volume(
             seg,
             image,

@@ -17,12 +17,14 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from seglab.cli import main
-from seglab.config import CardiacParams, NvaeParams, load_params
+from seglab.config import CardiacParams, GateParams, NvaeParams, load_params
 from seglab.data.acdcseg import acdcseg_rows, concat, trigram_rows
 from seglab.data.labels import LV, RV
 from seglab.data.phantom.masks import heart_masks
 from seglab.data.store import SliceSet, load_split, save_split
 from seglab.errors import ConfigError, DataError
+from seglab.evaluation.gate_choice import choose_gate
+from seglab.inference.correct import load_corrector
 from seglab.stages import correctors
 from seglab.stages.artifacts import load_predictions
 from seglab.stages.correction_report import provenance
@@ -161,6 +163,20 @@ def test_corrector_trains_corrects_gates_logs_and_registers(project: Path, varia
     deps = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{name}/{version.version}"))
     assert "torch==" in deps.read_text() and "monai" not in deps.read_text()
     assert (project / "models/correctors" / f"{variant}.ckpt").is_file()
+    # The gate, chosen on the validation rows, is the one applied to test and travels with it.
+    choice = result["gate"]
+    chosen = GateParams.model_validate(choice["params"])
+    assert choice["chosen"] == chosen.name and choice["val_rows"] == len(
+        load_split(project / CORRECTORS[variant].folder(params) / "val.npz")
+    )
+    assert choose_gate(choice["val"], params.correctors.gate_tolerance) == chosen
+    assert result["val_gated_dice_mean"] == choice["val"][chosen.name]["dice_mean"]
+    assert str(arrays["gate"]) == chosen.name and run.data.tags["gate"] == chosen.name
+    assert GateParams.model_validate_json(version.tags["gate"]) == chosen
+    corrector = load_corrector(
+        str(project / "models/correctors" / f"{variant}.ckpt"), params, project
+    )
+    assert corrector.gate == chosen
 
 
 @pytest.mark.slow
@@ -180,6 +196,10 @@ def test_report_stage_after_both_correctors(
         assert method in saved, method
     report = (project / params.correction.out / "report.md").read_text().splitlines()
     assert report[2].startswith(f"**Made with profile `{params.profile}` on `{params.acdc.raw}`")
+    gates = {v: str(load_predictions(project / "data/corrections" / f"{v}.npz",
+                                      load_split(project / "acdcseg/test.npz"))["gate"])
+             for v in ("nvae", "context")}  # fmt: skip
+    assert f"validation rows): nvae: {gates['nvae']}, context: {gates['context']}." in report[2]
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     [run] = client.search_runs(
         [client.get_experiment_by_name("acdc-correctors").experiment_id],

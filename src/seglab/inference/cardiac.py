@@ -191,9 +191,9 @@ class Chain:
         gated: bool = False,
     ) -> Chain:
         """The chain with the project's preprocessing, gate and NVAE of ground-truth masks."""
-        gt_nvae = plausibility_nvae(params, root, required=gated)
-        prepare, gate = params.acdc.prepare, params.correctors.gate
-        return cls(segmenter, prepare, gate, corrector, gated, gt_nvae)
+        gate = params.correctors.gate_for(corrector.gate if corrector is not None else None)
+        gt_nvae = plausibility_nvae(params, root, gate if gated else None)
+        return cls(segmenter, params.acdc.prepare, gate, corrector, gated, gt_nvae)
 
     def models(self) -> dict[str, dict[str, str | None]]:
         s = self.segmenter

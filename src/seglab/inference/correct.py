@@ -17,12 +17,18 @@ plausibility to the NVAE of ground-truth masks (when ``<root>/<nvae.models>/nvae
 there), anatomical validity before and after, whether the correction erased the input's heart
 (``emptied``: all background where the input is not; never valid, never taken by the gate, and
 named in the summary), and whether the correction was taken.
+
+The gate is the one the corrector's training chose on validation rows (``correctors.gate:
+auto``; stored in its checkpoint and as its registered version's ``gate`` tag), or the one
+``correctors.gate`` fixes.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +76,7 @@ class Corrector:
     in_channels: int  # 4: one slice; 12: a 3-gram
     image_size: int
     name: str  # what was loaded, for the summary
+    gate: GateParams | None = None  # the gate its training chose (None: none stored)
 
     def __call__(self, inputs: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """uint8 ``[N, H, W]`` corrected maps from ``[N, H, W]`` maps or ``[N, 3, H, W]`` (on the
@@ -107,22 +114,38 @@ class CorrectSummary:
     emptied_written: bool = False  # ... and were written so (plain mode); gated: input kept
 
 
+#: The registered version's tag (and the checkpoint's hyper-parameter) holding the chosen gate.
+GATE_KEY = "gate"
+
+
+def stored_gate(stored: Mapping[str, object]) -> GateParams | None:
+    """The gate a corrector's training chose, from its checkpoint's hyper-parameters or its
+    registered version's tags (a JSON string there); None where none is stored."""
+    value = stored.get(GATE_KEY)
+    if value is None:
+        return None
+    return GateParams.model_validate(json.loads(value) if isinstance(value, str) else value)
+
+
 def load_corrector(model: str, params: CardiacParams, root: Path) -> Corrector:
-    """The corrector behind a registry URI or a checkpoint path."""
+    """The corrector behind a registry URI or a checkpoint path, with the gate it chose."""
     if not _URI.match(model):
         net = load_nvae(Path(model)).model
-        return Corrector(net, net.in_channels, net.image_size, str(model))
+        hparams = torch.load(model, map_location="cpu", weights_only=False)["hyper_parameters"]
+        return Corrector(net, net.in_channels, net.image_size, str(model), stored_gate(hparams))
     store = resolve_uri(params.tracking.uri, root)
+    tags: Mapping[str, str] = {}
     try:
         net = load_model(model, params.tracking, root, map_location="cpu")
         name = model
         if model.startswith("models:/"):
             version = resolve_version(model, params.tracking, root)
-            name = f"{model} (version {version.version})"
+            name, tags = f"{model} (version {version.version})", version.tags or {}
     except SeglabError as exc:
         text = str(exc) if str(exc).startswith(model) else f"{model}: {exc}"
         raise SeglabError(f"{text} (registry: {store})") from exc
-    return Corrector(net, *input_shape(model), name=name)  # exported: eval() is refused
+    # exported: eval() is refused
+    return Corrector(net, *input_shape(model), name=name, gate=stored_gate(tags))
 
 
 def correct_volume(
@@ -154,13 +177,12 @@ def correct_volume(
             f"{corrector.name}: the corrector takes {corrector.image_size}x"
             f"{corrector.image_size} slices but acdc.prepare.size is {prepare.size}"
         )
-    gt_nvae = plausibility_nvae(params, root, required=gated)
+    gate_params = params.correctors.gate_for(corrector.gate) if gated else None
+    gt_nvae = plausibility_nvae(params, root, gate_params)
 
     slices, geometry = to_slices(volume, labels, spacing, prepare)
     before = slices.label
-    after, qc = correct_slices(
-        before, slices.spacing, corrector, gt_nvae, params.correctors.gate if gated else None
-    )
+    after, qc = correct_slices(before, slices.spacing, corrector, gt_nvae, gate_params)
     corrected = merge(labels, before, after, geometry)
     changed_voxels = (corrected != labels).sum(axis=(0, 1))
     qc["changed_voxels"] = changed_voxels
@@ -286,18 +308,19 @@ def plausibility_of(gt_nvae: Corrector, labels: np.ndarray) -> np.ndarray:
     return mask_agreement(labels, gt_nvae(labels))
 
 
-def plausibility_nvae(params: CardiacParams, root: Path, *, required: bool) -> Corrector | None:
+def plausibility_nvae(
+    params: CardiacParams, root: Path, gate_params: GateParams | None = None
+) -> Corrector | None:
     """The NVAE of ground-truth masks when its checkpoint is there (as a 4-channel
-    :class:`Corrector`: its reconstruction is what plausibility compares with); gating by
-    plausibility needs it."""
+    :class:`Corrector`: its reconstruction is what plausibility compares with); a gate with a
+    plausibility test needs it."""
     path = root / params.nvae.models / CHECKPOINT
-    needed = required and params.correctors.gate.plausibility_below is not None
     if not path.is_file():
-        if needed:
+        if gate_params is not None and gate_params.plausibility_below is not None:
             raise SeglabError(
-                f"{path}: gated correction needs the NVAE of ground-truth masks to score "
-                "plausibility (train it with `dvc repro train_nvae`, or set "
-                "correctors.gate.plausibility_below to null)"
+                f"{path}: the gate ({gate_params.name}) needs the NVAE of ground-truth masks to "
+                "score plausibility (train it with `dvc repro train_nvae`, or fix a gate "
+                "without it: correctors.gate: {validity: true, plausibility_below: null})"
             )
         return None
     net = load_nvae(path).model

@@ -41,7 +41,7 @@ from seglab.config import AcdcPrepareParams, CardiacParams, GateParams
 from seglab.data.acdc import NIFTI_ERRORS
 from seglab.errors import SeglabError
 from seglab.inference.cardiac import Chain, Volume
-from seglab.inference.correct import Corrector
+from seglab.inference.correct import Corrector, stored_gate
 from seglab.inference.postprocess import Cleanup
 from seglab.inference.segment import SEGMENTER_PREFIX, Segmenter, open_segmenter
 from seglab.tracking import log_metrics, tracked_run
@@ -193,12 +193,14 @@ def register_pipeline(
         parts["gt_nvae"] = GT_NVAE
     config: dict[str, Any] = {
         "prepare": params.acdc.prepare.model_dump(mode="json"),
-        "gate": params.correctors.gate.model_dump(mode="json"),
         "gated": gated and "corrector" in parts,
     }
     tags = {}
+    corrector_gate = None  # the gate the corrector's training chose
     for key, uri in parts.items():
         version = resolve_version(uri, tracking, root)
+        if key == "corrector":
+            corrector_gate = stored_gate(version.tags or {})
         channels, size = input_shape(uri)
         config[key] = {
             "name": f"{uri} (version {version.version})",
@@ -210,6 +212,7 @@ def register_pipeline(
         tags[f"{key}.model"] = uri
         tags[f"{key}.version"] = str(version.version)
         tags[f"{key}.run_id"] = str(version.run_id)
+    config["gate"] = params.correctors.gate_for(corrector_gate).model_dump(mode="json")
     config["segmenter"].update(
         context=chosen.context, flips=chosen.flips, **chosen.cleanup.hparams()
     )

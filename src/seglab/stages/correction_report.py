@@ -55,6 +55,12 @@ def provenance(params: CardiacParams) -> str:
     return line + "."
 
 
+def _gates_line(gates: dict[str, str], auto: bool) -> str:
+    """Which gate each ``<variant>-gated`` row used, and who chose it."""
+    how = "chosen on ACDCSeg's validation rows" if auto else "fixed by correctors.gate"
+    return f"Gates ({how}): " + ", ".join(f"{v}: {g}" for v, g in gates.items()) + "."
+
+
 def evaluate_correction(
     params: CardiacParams, *, root: Path = Path("."), params_file: Path | None = None
 ) -> dict[str, Any]:
@@ -66,10 +72,12 @@ def evaluate_correction(
     before = test.extra["pred"]
     after: dict[str, np.ndarray] = {}
     scores: dict[str, np.ndarray] = {}
+    gates: dict[str, str] = {}
     for variant in cfg.variants:
         arrays = load_predictions(root / cfg.predictions / f"{variant}.npz", test)
         after[variant] = arrays["after"]
         after[f"{variant}-gated"] = arrays["gated"]
+        gates[variant] = str(arrays["gate"])
         scores.setdefault("plausibility", arrays["plausibility"])
         scores[f"{variant}_agreement"] = arrays["agreement"]
     out_dir = root / report.out
@@ -78,7 +86,7 @@ def evaluate_correction(
         EXPERIMENT,
         RUN_NAME,
         root=root,
-        params={"correction": report, "gate": cfg.gate, "variants": list(cfg.variants)},
+        params={"correction": report, "gate": gates, "variants": list(cfg.variants)},
         datasets={"acdcseg": Path(params.acdcseg.out)},
         params_file=params_file,
         tags={"role": "report"},
@@ -93,7 +101,7 @@ def evaluate_correction(
             report,
             out_dir,
             root / report.plots,
-            provenance(params),
+            f"{provenance(params)} {_gates_line(gates, cfg.gate == 'auto')}",
         )
         log_metrics(_numbers(summary))
         log_artifact(out_dir)

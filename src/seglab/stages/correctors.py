@@ -8,24 +8,29 @@ train split and selected on its val split (lowest validation loss). With
 ``init_from_nvae`` the weights start from the NVAE of ground-truth masks (``train_nvae``)
 wherever names and shapes match.
 
+The gate (``seglab.inference.correction.gate``: the correction is taken only where it is
+anatomically valid and the input was not, or where the input is implausible to the NVAE of
+ground-truth masks, and never where it erases the input's heart) is chosen on ACDCSeg's
+validation rows (``correctors.gate: auto``, :mod:`seglab.evaluation.gate_choice`) or fixed by
+params; it travels with the corrector (checkpoint hyper-parameter and registry tag ``gate``).
+
 On the test rows the stage then writes what the correction report needs, in
-``<predictions>/<variant>.npz``: the corrected masks, the gated masks (``seglab.evaluation.
-correction.gate``: the correction is taken only where it is anatomically valid and the input
-was not, or where the input is implausible to the NVAE of ground-truth masks, and never where
-it erases the input's heart), the per-slice validity of input and output (an output that is
-all background where its input is not is invalid, and flagged in ``emptied``), the input's
-plausibility and its agreement with the correction, and the row keys (patient, phase, slice,
-segmenter) to align with ACDCSeg.
+``<predictions>/<variant>.npz``: the corrected masks, the gated masks, the gate's name, the
+per-slice validity of input and output (an output that is all background where its input is not
+is invalid, and flagged in ``emptied``), the input's plausibility and its agreement with the
+correction, and the row keys (patient, phase, slice, segmenter) to align with ACDCSeg.
 
 MLflow: experiment ``acdc-correctors``, one run per variant with the per-step NVAE curves and the
 test figures of the corrected and gated masks (the same keys as every ACDC model: ``dice_mean``,
 ``dice_lv``, ..., ``anatomical_validity``, ``emptied``, ``emptied_fraction``, judged against the
-ground truth; the input's as ``input_*``, the gated ones as ``gated_*``); registered as
-``acdc-nvae-corrector`` / ``acdc-nvae-context``.
+ground truth; the input's as ``input_*``, the gated ones as ``gated_*``; the chosen gate's
+validation figures as ``val_gated_*`` beside ``val_input_*``, every gate's in
+``gate_choice.json``); registered as ``acdc-nvae-corrector`` / ``acdc-nvae-context``.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -33,28 +38,42 @@ from typing import Any
 import numpy as np
 import torch
 
-from seglab.config import CardiacParams, NvaeStageParams
+from seglab.config import CardiacParams, GateParams, NvaeStageParams
 from seglab.data.acdcseg import nvae_tensors
 from seglab.data.store import SliceSet, load_splits
 from seglab.errors import ConfigError
+from seglab.evaluation.gate_choice import CorrectedRows, choose_gate, score_gates
 from seglab.evaluation.nvae_report import reconstruction_figure
+from seglab.inference.correct import GATE_KEY
 from seglab.inference.correction import correct, gate, mask_agreement, plausibility
 from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor, load_nvae
 from seglab.io import atomic_file, write_record
 from seglab.metrics.anatomy import check_slices
-from seglab.metrics.emptied import EMPTIED_KEYS, check_against
+from seglab.metrics.emptied import EMPTIED_KEYS, check_against, emptied
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.nvae import KLDivergenceError
 from seglab.models.segmenters import parameter_count, weights_mb
 from seglab.stages.artifacts import CORRECTORS_EXPERIMENT as EXPERIMENT
 from seglab.stages.artifacts import ROW_KEYS
 from seglab.stages.common import nvae_work_dir, run_name
-from seglab.tracking import configure, dvc_hash, log_dict, log_figure, log_metrics, tracked_run
+from seglab.tracking import (
+    configure,
+    dvc_hash,
+    log_dict,
+    log_figure,
+    log_metrics,
+    set_tags,
+    tracked_run,
+)
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
 from seglab.training.fit import apply_speedups, eval_device, export_checkpoint
 from seglab.training.nvae_fit import train_nvae_model
+from seglab.training.nvae_module import NvaeModule
 from seglab.variants import CORRECTORS, NvaeVariant
+
+#: The validation figures of the input and the chosen gate, logged beside the test figures.
+VAL_KEYS = ("dice_mean", "anatomical_validity")
 
 
 def _current(slices: SliceSet, variant: NvaeVariant) -> np.ndarray:
@@ -77,6 +96,44 @@ def _save_predictions(target: Path, test: SliceSet, arrays: dict[str, np.ndarray
     keys = {f"row.{k}": test.meta[k].to_numpy().astype(str) for k in ROW_KEYS}
     with atomic_file(target) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays, **keys)
+
+
+def _corrected(
+    module: NvaeModule,
+    gt_nvae: NvaeModule,
+    rows: SliceSet,
+    variant: NvaeVariant,
+    batch: int,
+    device: torch.device,
+) -> CorrectedRows:
+    """One split corrected and judged as `seglab correct` judges it, without ground truth: an
+    output that erases its input's heart is invalid (and the gate never takes it)."""
+    before = _current(rows, variant)
+    after = correct(module, rows.extra[variant.source], batch_size=batch, device=device)
+    return CorrectedRows(
+        before,
+        after,
+        check_slices(before, rows.spacing).valid,
+        check_against(after, before, rows.spacing).valid,
+        plausibility(gt_nvae, before, batch_size=batch, device=device),
+    )
+
+
+def _choose_gate(
+    val: CorrectedRows, rows: SliceSet, setting: str | GateParams, tolerance: float
+) -> tuple[GateParams, dict[str, Any]]:
+    """The gate (``auto``: chosen on the validation rows; else the fixed one) and the record of
+    the choice: every gate's validation figures, the rule, the gate taken."""
+    scores = score_gates(val, rows.label, rows.spacing)
+    auto = not isinstance(setting, GateParams)
+    chosen = choose_gate(scores, tolerance) if auto else setting
+    rule = (
+        f"the most valid gate within {tolerance:g} of the input's validation Dice"
+        if auto
+        else "fixed by correctors.gate"
+    )
+    record = {"chosen": chosen.name, "params": chosen.model_dump(mode="json"), "rule": rule}
+    return chosen, record | {"val_rows": len(rows), "val": scores}
 
 
 def train_corrector(
@@ -112,7 +169,12 @@ def train_corrector(
         EXPERIMENT,
         f"{variant}-{run_name(model)}",
         root=root,
-        params={"profile": params.profile, "corrector": variant_cfg, "gate": cfg.gate},
+        params={
+            "profile": params.profile,
+            "corrector": variant_cfg,
+            "gate": cfg.gate,
+            "gate_tolerance": cfg.gate_tolerance,
+        },
         datasets={kind.dataset: Path(dataset)},
         params_file=params_file,
         tags={"variant": variant, "source": source, "role": "corrector"},
@@ -134,25 +196,33 @@ def train_corrector(
             raise
         test = splits["test"]
         device, batch = eval_device(variant_cfg.trainer), variant_cfg.trainer.eval_batch_size
-        stored = test.extra[source]
-        before = _current(test, kind)
-        after = correct(fitted.module, stored, batch_size=batch, device=device)
-        spacing = test.spacing
-        # Judged as `seglab correct` judges them, without ground truth: an output that erases
-        # its input's heart is invalid (and the gate never takes it).
-        valid_before = check_slices(before, spacing).valid
-        checked_after = check_against(after, before, spacing)
-        valid_after = checked_after.valid
         apply_speedups(gt_nvae, variant_cfg.trainer.channels_last, compile=False)
-        plausible = plausibility(gt_nvae, before, batch_size=batch, device=device)
-        gated = gate(before, after, valid_before, valid_after, plausible, cfg.gate)
-        gt = test.label
+        val_rows, test_rows = (
+            _corrected(fitted.module, gt_nvae, splits[s], kind, batch, device)
+            for s in ("val", "test")
+        )
+        chosen, choice = _choose_gate(val_rows, splits["val"], cfg.gate, cfg.gate_tolerance)
+        log_dict(choice, "gate_choice.json")
+        set_tags({GATE_KEY: chosen.name})
+        before, after = test_rows.before, test_rows.after
+        gated = gate(
+            before,
+            after,
+            test_rows.valid_before,
+            test_rows.valid_after,
+            test_rows.plausibility,
+            chosen,
+        )
+        gt, spacing = test.label, test.spacing
+        val = choice["val"]
         figures = {
             **_figures("", after, gt, spacing),
             **_figures("gated_", gated.labels, gt, spacing),
             **_figures("input_", before, gt, spacing),
             "gated_taken": float(gated.taken.mean()),
             "changed_slices": float((after != before).any(axis=(1, 2)).mean()),
+            **{f"val_gated_{k}": val[chosen.name][k] for k in VAL_KEYS},
+            **{f"val_input_{k}": val["input"][k] for k in VAL_KEYS},
         }
         net = fitted.module.model
         sizes = {"params_count": parameter_count(net), "model_mb": weights_mb(net)}
@@ -176,6 +246,7 @@ def train_corrector(
                 "stem_channels": str(model.stem_channels),
                 "beta": ",".join(f"{b:g}" for b in model.beta),
                 "init_from_nvae": str(init is not None),
+                GATE_KEY: json.dumps(chosen.model_dump(mode="json")),
             },
         )
         # A search of this variant may have left its best trial as challenger: the corrector
@@ -195,18 +266,24 @@ def train_corrector(
                 "after": after,
                 "gated": gated.labels,
                 "taken": gated.taken,
-                "valid_before": valid_before,
-                "valid_after": valid_after,
-                "emptied": checked_after.emptied,
-                "plausibility": plausible,
+                "gate": np.array(chosen.name),
+                "valid_before": test_rows.valid_before,
+                "valid_after": test_rows.valid_after,
+                "emptied": emptied(after, before),
+                "plausibility": test_rows.plausibility,
                 "agreement": mask_agreement(before, after),
             },
         )
-        export_checkpoint(fitted.best_path, root / cfg.models / f"{variant}.ckpt")
+        export_checkpoint(
+            fitted.best_path,
+            root / cfg.models / f"{variant}.ckpt",
+            {GATE_KEY: chosen.model_dump(mode="json")},
+        )
         result = {
             **figures,
             **timings,
             **sizes,
+            "gate": choice,
             "epochs": fitted.epochs,
             "best_val_loss": fitted.best_val_loss,
             "run_id": run.info.run_id,
