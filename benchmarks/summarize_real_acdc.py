@@ -162,7 +162,9 @@ def collect(
             row |= {"input_dice_mean": figures.get("input_dice_mean")}
             row |= {"input_anatomical_validity": figures.get("input_anatomical_validity")}
             row |= {"train_seconds": figures.get("train_seconds")}
-            if not prefix:
+            if prefix:  # the gate the stage chose on validation (None: a fixed gate's run)
+                row["gate"] = (figures.get("gate") or {}).get("chosen")
+            else:
                 row["study_dice_mean"] = STUDY.get(variant)
             correctors[name] = row
     nvae = _read(project / params.nvae.metrics / "nvae.json")
@@ -253,13 +255,14 @@ def markdown(summary: dict[str, Any]) -> str:
             "segmenters predicted it.",
             "",
             "| corrector | input Dice | Dice mean | LV | MYO | RV | HD95 mm | input validity "
-            "| validity | study Dice |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| validity | gate (chosen on val) | study Dice |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in summary["correctors"].items():
             cells = [name, _cell(r["input_dice_mean"]), *(_cell(r[k]) for k in FIGURE_KEYS[:4])]
             cells += [_cell(r["hd95_mean"], 1), _cell(r["input_anatomical_validity"])]
-            cells += [_cell(r["anatomical_validity"]), _cell(r.get("study_dice_mean"), 4)]
+            cells += [_cell(r["anatomical_validity"]), _cell(r.get("gate"))]
+            cells += [_cell(r.get("study_dice_mean"), 4)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -121,9 +121,10 @@ def _corrected(
 
 def _choose_gate(
     val: CorrectedRows, rows: SliceSet, setting: str | GateParams, tolerance: float
-) -> tuple[GateParams, dict[str, Any]]:
-    """The gate (``auto``: chosen on the validation rows; else the fixed one) and the record of
-    the choice: every gate's validation figures, the rule, the gate taken."""
+) -> tuple[GateParams, dict[str, dict[str, float]], dict[str, Any]]:
+    """The gate (``auto``: chosen on the validation rows; else the fixed one), every gate's
+    validation figures by name, and the record of the choice (the figures as a list of rows:
+    kept out of the DVC metrics, where the chosen gate's ``val_gated_*`` stand for them)."""
     scores = score_gates(val, rows.label, rows.spacing)
     auto = not isinstance(setting, GateParams)
     chosen = choose_gate(scores, tolerance) if auto else setting
@@ -132,8 +133,8 @@ def _choose_gate(
         if auto
         else "fixed by correctors.gate"
     )
-    record = {"chosen": chosen.name, "params": chosen.model_dump(mode="json"), "rule": rule}
-    return chosen, record | {"val_rows": len(rows), "val": scores}
+    rows_scored = [{"gate": n, **f} for n, f in scores.items()]
+    return chosen, scores, {"chosen": chosen.name, "rule": rule, "val": rows_scored}
 
 
 def train_corrector(
@@ -201,7 +202,7 @@ def train_corrector(
             _corrected(fitted.module, gt_nvae, splits[s], kind, batch, device)
             for s in ("val", "test")
         )
-        chosen, choice = _choose_gate(val_rows, splits["val"], cfg.gate, cfg.gate_tolerance)
+        chosen, val, choice = _choose_gate(val_rows, splits["val"], cfg.gate, cfg.gate_tolerance)
         log_dict(choice, "gate_choice.json")
         set_tags({GATE_KEY: chosen.name})
         before, after = test_rows.before, test_rows.after
@@ -214,7 +215,6 @@ def train_corrector(
             chosen,
         )
         gt, spacing = test.label, test.spacing
-        val = choice["val"]
         figures = {
             **_figures("", after, gt, spacing),
             **_figures("gated_", gated.labels, gt, spacing),
