@@ -542,7 +542,8 @@ class CorrectorsParams(Section):
     variants: tuple[str, ...] = ("nvae", "context")
     # auto: each corrector's gate is chosen after training on ACDCSeg's validation rows
     # (seglab.evaluation.gate_choice: the most valid gate costing at most gate_tolerance of the
-    # input's validation Dice) and travels with the corrector; a mapping fixes one gate.
+    # input's validation Dice, "nothing" when none earns a change) and travels with the
+    # corrector; a mapping fixes one gate.
     gate: Literal["auto"] | GateParams = "auto"
     gate_tolerance: float = Field(0.002, ge=0, le=1)
     log_every_n_steps: int = Field(10, ge=1)

@@ -92,9 +92,9 @@ def test_gate_choices_choose_from_validation_figures_alone(
     module = scripts["gate_choices"]
     names = [g.name for g in candidates()]
     assert "validity" in names and "validity_or_plausibility_below_0.8" in names
-    assert len(names) == 2 * len(THRESHOLDS) + 1  # "take nothing" left out
+    assert len(names) == 2 * len(THRESHOLDS) + 2  # "nothing" (every input kept) included
     val = {n: {"dice_mean": 0.80, "anatomical_validity": 0.90} for n in names}
-    val["input"] = {"dice_mean": 0.85, "anatomical_validity": 0.80}
+    val["input"] = val["nothing"] = {"dice_mean": 0.85, "anatomical_validity": 0.80}
     val["validity"] = {"dice_mean": 0.849, "anatomical_validity": 0.95}
     val["plausibility_below_0.9"] = {"dice_mean": 0.86, "anatomical_validity": 0.85}
     chosen = module.choose(val, 0.002)

@@ -44,11 +44,11 @@ def rows() -> tuple[CorrectedRows, np.ndarray]:
     )
 
 
-def test_candidates_are_every_gate_that_can_take_a_correction() -> None:
+def test_candidates_are_every_gate_and_keeping_every_input() -> None:
     names = [g.name for g in candidates()]
-    assert len(names) == len(set(names)) == 2 * len(THRESHOLDS) + 1
-    assert names[0] == "validity" and "nothing" not in names
-    assert GateParams(validity=False, plausibility_below=None).name == "nothing"
+    assert len(names) == len(set(names)) == 2 * len(THRESHOLDS) + 2
+    assert names[0] == "validity" and names[-1] == "nothing"
+    assert candidates()[-1] == GateParams(validity=False, plausibility_below=None)
     assert GateParams().name == "validity_or_plausibility_below_0.8"
 
 
@@ -67,25 +67,27 @@ def test_every_gate_is_scored_per_slice_against_the_truth() -> None:
     # Plausibility below 0.8 takes slices 2, 3 and 4 (7 is an erasure: never taken).
     below = scores["plausibility_below_0.8"]
     assert below["taken"] == 3 and below["anatomical_validity"] == pytest.approx(5 / 8)
+    # Nothing taken: the input's figures exactly.
+    assert scores["nothing"] == scores["input"] | {"taken": 0.0}
 
 
 def test_the_most_valid_gate_within_the_tolerance_is_chosen() -> None:
     names = [g.name for g in candidates()]
     scores = {n: {"dice_mean": 0.80, "anatomical_validity": 0.99} for n in names}
-    scores["input"] = {"dice_mean": 0.85, "anatomical_validity": 0.80}
+    scores["input"] = scores["nothing"] = {"dice_mean": 0.85, "anatomical_validity": 0.80}
     scores["plausibility_below_0.5"] = {"dice_mean": 0.849, "anatomical_validity": 0.90}
     scores["validity_or_plausibility_below_0.9"] = {"dice_mean": 0.851, "anatomical_validity": 0.95}
     assert choose_gate(scores, 0.002).name == "validity_or_plausibility_below_0.9"
-    # Nothing within a tolerance of zero but one gate: that one; none at all: the best Dice.
-    assert choose_gate(scores, 0.0).name == "validity_or_plausibility_below_0.9"
-    scores["validity_or_plausibility_below_0.9"]["dice_mean"] = 0.84
-    assert choose_gate(scores, 0.0).name == "plausibility_below_0.5"  # 0.849, the best
+    scores["validity_or_plausibility_below_0.9"]["dice_mean"] = 0.847
+    assert choose_gate(scores, 0.002).name == "plausibility_below_0.5"
+    # No gate that takes anything is within the tolerance: every input is kept.
+    assert choose_gate(scores, 0.0).name == "nothing"
 
 
 def test_ties_go_to_the_higher_dice_then_to_the_earlier_candidate() -> None:
     names = [g.name for g in candidates()]
     scores = {n: {"dice_mean": 0.85, "anatomical_validity": 0.9} for n in names}
-    scores["input"] = {"dice_mean": 0.85, "anatomical_validity": 0.8}
+    scores["input"] = scores["nothing"] = {"dice_mean": 0.85, "anatomical_validity": 0.8}
     assert choose_gate(scores, 0.002).name == "validity"
     scores["plausibility_below_0.6"]["dice_mean"] = 0.851
     assert choose_gate(scores, 0.002).name == "plausibility_below_0.6"

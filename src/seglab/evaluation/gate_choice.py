@@ -1,9 +1,11 @@
 """The gate of a corrector, chosen on rows with ground truth (``correctors.gate: auto``).
 
 Every gate of :func:`candidates` (the validity test on or off, the plausibility test off or
-below each of :data:`THRESHOLDS`) is applied to the corrector's output; the chosen one is the
-most anatomically valid among those that cost at most ``tolerance`` of the input's mean Dice
-(the best Dice when none does; ties to the higher Dice, then to the earlier candidate). The
+below each of :data:`THRESHOLDS`, and ``nothing``, which keeps every input) is applied to the
+corrector's output; the chosen one is the most anatomically valid among those that cost at
+most ``tolerance`` of the input's mean Dice (ties to the higher Dice, then to the earlier
+candidate). ``nothing`` always qualifies, so a corrector that earns no change within the
+tolerance is gated to its input: the gated figures never fall below it by more than that. The
 corrector stage runs it on ACDCSeg's validation rows, never on its test rows: a gate that
 helps on weak inputs (take every valid correction) is the wrong one on strong inputs (the
 plausibility test then replaces good masks the NVAE finds unusual), and only held-out rows
@@ -46,13 +48,14 @@ class CorrectedRows:
 
 
 def candidates() -> list[GateParams]:
-    """Every gate that can take a correction, validity alone first."""
-    return [
+    """Every gate, validity alone first and ``nothing`` (both tests off) last."""
+    tested = [
         GateParams(validity=validity, plausibility_below=below)
         for validity in (True, False)
         for below in (None, *THRESHOLDS)
         if validity or below is not None
     ]
+    return [*tested, GateParams(validity=False, plausibility_below=None)]
 
 
 def score_gates(
@@ -95,12 +98,10 @@ def score_gates(
 
 
 def choose_gate(scores: dict[str, dict[str, float]], tolerance: float) -> GateParams:
-    """The most valid candidate whose Dice is within ``tolerance`` of the input's (the best
-    Dice when none is), from :func:`score_gates` of held-out rows."""
-    gates = candidates()
-    best = max(gates, key=lambda g: scores[g.name]["dice_mean"])
+    """The most valid candidate whose Dice is within ``tolerance`` of the input's, from
+    :func:`score_gates` of held-out rows (``nothing`` at least: it keeps the input's Dice)."""
     floor = scores["input"]["dice_mean"] - tolerance
-    within = [g for g in gates if scores[g.name]["dice_mean"] >= floor] or [best]
+    within = [g for g in candidates() if scores[g.name]["dice_mean"] >= floor]
     return max(
         within,
         key=lambda g: (scores[g.name]["anatomical_validity"], scores[g.name]["dice_mean"]),
