@@ -25,7 +25,6 @@ auto``; stored in its checkpoint and as its registered version's ``gate`` tag), 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -41,7 +40,7 @@ from seglab.data.acdcseg import onehot, trigram_context
 from seglab.data.geometry import merge, to_slices
 from seglab.data.store import SliceSet
 from seglab.errors import SeglabError
-from seglab.inference.correction import correct, gate, mask_agreement
+from seglab.inference.correction import correct, gate, mask_agreement, stored_gate
 from seglab.inference.nvae import CHECKPOINT, load_nvae
 from seglab.inference.volume import NIFTI_SUFFIXES, read_image, read_labels, spacing_of, write_like
 from seglab.io import atomic_file
@@ -112,19 +111,6 @@ class CorrectSummary:
     plausibility: float | None  # mean plausibility of the input (no NVAE checkpoint: None)
     emptied: tuple[int, ...] = ()  # slices whose correction erased the input's heart
     emptied_written: bool = False  # ... and were written so (plain mode); gated: input kept
-
-
-#: The registered version's tag (and the checkpoint's hyper-parameter) holding the chosen gate.
-GATE_KEY = "gate"
-
-
-def stored_gate(stored: Mapping[str, object]) -> GateParams | None:
-    """The gate a corrector's training chose, from its checkpoint's hyper-parameters or its
-    registered version's tags (a JSON string there); None where none is stored."""
-    value = stored.get(GATE_KEY)
-    if value is None:
-        return None
-    return GateParams.model_validate(json.loads(value) if isinstance(value, str) else value)
 
 
 def load_corrector(model: str, params: CardiacParams, root: Path) -> Corrector:

@@ -14,6 +14,8 @@ so both correct, score and gate the same way.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,3 +119,16 @@ def gate(
     taken = by_validity | by_plausibility
     labels = np.where(taken[:, None, None], after, before).astype(np.uint8)
     return Gated(labels, taken, by_validity, by_plausibility, erased)
+
+
+#: The registered version's tag (and the checkpoint's hyper-parameter) holding the chosen gate.
+GATE_KEY = "gate"
+
+
+def stored_gate(stored: Mapping[str, object]) -> GateParams | None:
+    """The gate a corrector's training chose, from its checkpoint's hyper-parameters or its
+    registered version's tags (a JSON string there); None where none is stored."""
+    value = stored.get(GATE_KEY)
+    if value is None:
+        return None
+    return GateParams.model_validate(json.loads(value) if isinstance(value, str) else value)

@@ -41,7 +41,8 @@ from seglab.config import AcdcPrepareParams, CardiacParams, GateParams
 from seglab.data.acdc import NIFTI_ERRORS
 from seglab.errors import SeglabError
 from seglab.inference.cardiac import Chain, Volume
-from seglab.inference.correct import Corrector, stored_gate
+from seglab.inference.correct import Corrector
+from seglab.inference.correction import stored_gate
 from seglab.inference.postprocess import Cleanup
 from seglab.inference.segment import SEGMENTER_PREFIX, Segmenter, open_segmenter
 from seglab.tracking import log_metrics, tracked_run

@@ -44,8 +44,7 @@ from seglab.data.store import SliceSet, load_splits
 from seglab.errors import ConfigError
 from seglab.evaluation.gate_choice import CorrectedRows, choose_gate, score_gates
 from seglab.evaluation.nvae_report import reconstruction_figure
-from seglab.inference.correct import GATE_KEY
-from seglab.inference.correction import correct, gate, mask_agreement, plausibility
+from seglab.inference.correction import GATE_KEY, correct, gate, mask_agreement, plausibility
 from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor, load_nvae
 from seglab.io import atomic_file, write_record
 from seglab.metrics.anatomy import check_slices
