@@ -24,17 +24,9 @@ from typing import Any
 
 from seglab.config import CardiacParams, load_params
 from seglab.data.store import SliceSet, load_splits
-from seglab.evaluation.gate_choice import (
-    CorrectedRows,
-    candidates,
-    choose_gate,
-    score_gates,
-)
+from seglab.evaluation.gate_choice import candidates, choose_gate, corrected_rows, score_gates
 from seglab.inference.correct import load_corrector
-from seglab.inference.correction import correct, plausibility
 from seglab.inference.nvae import CHECKPOINT, NvaeModule, load_nvae
-from seglab.metrics.anatomy import check_slices
-from seglab.metrics.emptied import check_against
 from seglab.variants import CORRECTORS
 
 
@@ -42,17 +34,7 @@ def score_split(
     rows: SliceSet, variant: str, corrector: NvaeModule, gt_nvae: NvaeModule
 ) -> dict[str, dict[str, float]]:
     """The input, the plain correction and every gate on one split's rows."""
-    source = CORRECTORS[variant].source
-    stored = rows.extra[source]
-    before = stored[:, 1] if source == "context" else stored  # a 3-gram's middle map
-    after = correct(corrector, stored)
-    corrected = CorrectedRows(
-        before,
-        after,
-        check_slices(before, rows.spacing).valid,
-        check_against(after, before, rows.spacing).valid,  # an erased heart is invalid
-        plausibility(gt_nvae, before),
-    )
+    corrected = corrected_rows(corrector, gt_nvae, rows, CORRECTORS[variant].source)
     return score_gates(corrected, rows.label, rows.spacing)
 
 

@@ -23,9 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from seglab.config import GateParams
-from seglab.inference.correction import gate
+from seglab.data.store import SliceSet
+from seglab.inference.correction import correct, gate, plausibility
+from seglab.metrics.anatomy import check_slices
 from seglab.metrics.emptied import check_against
 from seglab.metrics.overlap import overlap, summarize_overlap
 
@@ -45,6 +48,29 @@ class CorrectedRows:
     valid_before: np.ndarray  # bool [N]
     valid_after: np.ndarray  # bool [N]: an output that erases its input's heart is invalid
     plausibility: np.ndarray  # float [N]: the input against its NVAE reconstruction
+
+
+def corrected_rows(
+    corrector: torch.nn.Module,
+    gt_nvae: torch.nn.Module,
+    rows: SliceSet,
+    source: str,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> CorrectedRows:
+    """One split's rows (their ``source`` extra: masks, or 3-grams whose middle map is the
+    input) corrected and judged as `seglab correct` judges them, without ground truth: an output
+    that erases its input's heart is invalid (and the gate never takes it)."""
+    stored = rows.extra[source]
+    before = stored[:, 1] if source == "context" else stored
+    after = correct(corrector, stored, batch_size=batch_size, device=device)
+    return CorrectedRows(
+        before,
+        after,
+        check_slices(before, rows.spacing).valid,
+        check_against(after, before, rows.spacing).valid,
+        plausibility(gt_nvae, before, batch_size=batch_size, device=device),
+    )
 
 
 def candidates() -> list[GateParams]:

@@ -42,12 +42,16 @@ from seglab.config import CardiacParams, GateParams, NvaeStageParams
 from seglab.data.acdcseg import nvae_tensors
 from seglab.data.store import SliceSet, load_splits
 from seglab.errors import ConfigError
-from seglab.evaluation.gate_choice import CorrectedRows, choose_gate, score_gates
+from seglab.evaluation.gate_choice import (
+    CorrectedRows,
+    choose_gate,
+    corrected_rows,
+    score_gates,
+)
 from seglab.evaluation.nvae_report import reconstruction_figure
-from seglab.inference.correction import GATE_KEY, correct, gate, mask_agreement, plausibility
+from seglab.inference.correction import GATE_KEY, gate, mask_agreement
 from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor, load_nvae
 from seglab.io import atomic_file, write_record
-from seglab.metrics.anatomy import check_slices
 from seglab.metrics.emptied import EMPTIED_KEYS, check_against, emptied
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.nvae import KLDivergenceError
@@ -68,17 +72,10 @@ from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import CHALLENGER, evaluation_tags, set_alias
 from seglab.training.fit import apply_speedups, eval_device, export_checkpoint
 from seglab.training.nvae_fit import train_nvae_model
-from seglab.training.nvae_module import NvaeModule
-from seglab.variants import CORRECTORS, NvaeVariant
+from seglab.variants import CORRECTORS
 
 #: The validation figures of the input and the chosen gate, logged beside the test figures.
 VAL_KEYS = ("dice_mean", "anatomical_validity")
-
-
-def _current(slices: SliceSet, variant: NvaeVariant) -> np.ndarray:
-    """The segmenter's mask of each row (a 3-gram's middle map)."""
-    stored = slices.extra[variant.source]
-    return stored[:, 1] if variant.source == "context" else stored
 
 
 def _figures(prefix: str, labels: np.ndarray, gt: np.ndarray, spacing: np.ndarray) -> dict:
@@ -95,27 +92,6 @@ def _save_predictions(target: Path, test: SliceSet, arrays: dict[str, np.ndarray
     keys = {f"row.{k}": test.meta[k].to_numpy().astype(str) for k in ROW_KEYS}
     with atomic_file(target) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays, **keys)
-
-
-def _corrected(
-    module: NvaeModule,
-    gt_nvae: NvaeModule,
-    rows: SliceSet,
-    variant: NvaeVariant,
-    batch: int,
-    device: torch.device,
-) -> CorrectedRows:
-    """One split corrected and judged as `seglab correct` judges it, without ground truth: an
-    output that erases its input's heart is invalid (and the gate never takes it)."""
-    before = _current(rows, variant)
-    after = correct(module, rows.extra[variant.source], batch_size=batch, device=device)
-    return CorrectedRows(
-        before,
-        after,
-        check_slices(before, rows.spacing).valid,
-        check_against(after, before, rows.spacing).valid,
-        plausibility(gt_nvae, before, batch_size=batch, device=device),
-    )
 
 
 def _choose_gate(
@@ -198,7 +174,7 @@ def train_corrector(
         device, batch = eval_device(variant_cfg.trainer), variant_cfg.trainer.eval_batch_size
         apply_speedups(gt_nvae, variant_cfg.trainer.channels_last, compile=False)
         val_rows, test_rows = (
-            _corrected(fitted.module, gt_nvae, splits[s], kind, batch, device)
+            corrected_rows(fitted.module, gt_nvae, splits[s], source, batch, device)
             for s in ("val", "test")
         )
         chosen, val, choice = _choose_gate(val_rows, splits["val"], cfg.gate, cfg.gate_tolerance)
