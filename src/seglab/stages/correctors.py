@@ -52,7 +52,7 @@ from seglab.evaluation.nvae_report import reconstruction_figure
 from seglab.inference.correction import GATE_KEY, gate, mask_agreement
 from seglab.inference.nvae import CHECKPOINT, NvaeReconstructor, load_nvae
 from seglab.io import atomic_file, write_record
-from seglab.metrics.emptied import EMPTIED_KEYS, check_against, emptied
+from seglab.metrics.emptied import EMPTIED_KEYS, check_against
 from seglab.metrics.overlap import OVERLAP_KEYS, overlap, summarize_overlap
 from seglab.models.nvae import KLDivergenceError
 from seglab.models.segmenters import parameter_count, weights_mb
@@ -244,7 +244,7 @@ def train_corrector(
                 "gate": np.array(chosen.name),
                 "valid_before": test_rows.valid_before,
                 "valid_after": test_rows.valid_after,
-                "emptied": emptied(after, before),
+                "emptied": gated.emptied,
                 "plausibility": test_rows.plausibility,
                 "agreement": mask_agreement(before, after),
             },
