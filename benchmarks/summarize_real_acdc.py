@@ -11,7 +11,8 @@ are recomputed from their checkpoints on the run's test split with this checkout
 ``commit`` then say which code measured and which trained.
 
 A segmenter retrained later in another project folder (a newer recipe) is taken from there with
-``--segmenter ARCH=FOLDER``; its row then carries that folder's commit, and the correctors' rows
+``--segmenter ARCH=FOLDER``; its row then carries the commit its training run logged (seglab's
+own checkout, ``seglab.git.commit``; the folder's commit for older runs), and the correctors' rows
 keep saying which segmenters fed them (``correction_inputs_commit``). With ``--keep``, what the
 run lacks (a segmenter it did not train, the correction study) is kept from the existing
 ``summary.json``, each row with the commit that made it.
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 import time_to_dice
 import yaml
+from mlflow import MlflowClient
 
 from seglab.config import CardiacParams, load_params
 from seglab.data.store import load_split
@@ -41,6 +43,7 @@ from seglab.evaluation.segmentation import choose_inference, evaluate
 from seglab.inference.segment import load_segmenter, predict_labels
 from seglab.io import write_json
 from seglab.metrics.overlap import STRUCTURES, Case, overlap
+from seglab.tracking.runs import resolve_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +92,29 @@ def _commit(project: Path) -> str:
 
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src")
-    return f"{commit}{'+dirty' if dirty else ''}"
+    return f"{commit}{'+dirty' if dirty else ''}" if commit else "unknown"
+
+
+def _trained_at(folder: Path, params: CardiacParams, arch: str) -> str:
+    """The commit of the code that trained ``arch`` in ``folder``: its final run's
+    ``seglab.git.commit`` tag (seglab's own checkout, known even when the folder is not a git
+    repository), else the folder's own commit (runs logged before that tag existed)."""
+    uri = resolve_uri(params.tracking.uri, folder)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return _commit(folder)  # no store to read (and none to create here)
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments,
+        filter_string=f"tags.arch = '{arch}' and tags.role = 'final'",  # the segmenter stage's
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    tags = runs[0].data.tags if runs else {}
+    commit = tags.get("seglab.git.commit", "unknown")
+    if commit == "unknown":
+        return _commit(folder)
+    return f"{commit}{'+dirty' if tags.get('seglab.git.dirty') == 'true' else ''}"
 
 
 def reevaluate(project: Path, params: CardiacParams, arch: str) -> dict[str, Any]:
@@ -148,7 +173,11 @@ def collect(
         if recompute:
             figures = {**figures, **reevaluate(folder, run, arch)}
         row = {k: figures.get(k) for k in (*SEGMENTER_KEYS, *EXTRA_KEYS)}
-        segmenters[arch] = {**row, "study_dice_mean": STUDY[arch], "commit": _commit(folder)}
+        segmenters[arch] = {
+            **row,
+            "study_dice_mean": STUDY[arch],
+            "commit": _trained_at(folder, run, arch),
+        }
     correctors: dict[str, Any] = {}
     for variant in params.correctors.variants:
         figures = _read(project / params.correctors.metrics / f"{variant}.json")

@@ -16,8 +16,11 @@ import torch
 from tests.benchmarks.test_benchmarks import BENCHMARKS, prepared
 from tests.helpers import TINY
 
-from seglab.config import SegmentersParams, SegmenterTrainParams
+from seglab.config import CardiacParams, SegmentersParams, SegmenterTrainParams
 from seglab.evaluation.gate_choice import THRESHOLDS, candidates
+from seglab.stages.segmenters import EXPERIMENT
+from seglab.tracking import lineage, runs
+from seglab.tracking.runs import tracked_run
 from seglab.training.segmenters import new_module
 
 
@@ -99,3 +102,32 @@ def test_gate_choices_choose_from_validation_figures_alone(
     val["plausibility_below_0.9"] = {"dice_mean": 0.86, "anatomical_validity": 0.85}
     chosen = module.choose(val, 0.002)
     assert chosen == {"best_dice": "plausibility_below_0.9", "most_valid_within": "validity"}
+
+
+def test_a_row_names_the_code_that_trained_it_even_outside_git(
+    scripts: dict[str, ModuleType], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project folder outside git: the row's commit is the ``seglab.git.commit`` the final
+    training run logged, not the folder's (there is none)."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(runs, "_launched", None)
+    params = CardiacParams()
+    trained_at = scripts["summarize_real_acdc"]._trained_at
+    assert trained_at(tmp_path, params, "unet") == "unknown"  # no store, no git
+    assert not (tmp_path / "mlflow.db").exists()  # and none created
+    code = {"seglab.git.commit": "c0de" * 10, "seglab.git.dirty": "true"}
+    later = {"seglab.git.commit": "0" * 40, "seglab.git.dirty": "false"}
+    for arch, role, tags in (
+        ("unet", "final", code),
+        ("unet", "crossfit", later),
+        ("resunet", "final", later),
+    ):
+        monkeypatch.setattr(lineage, "code_tags", lambda tags=tags: tags)
+        with tracked_run(
+            params.tracking, EXPERIMENT, arch, root=tmp_path, tags={"arch": arch, "role": role}
+        ):
+            pass
+    assert trained_at(tmp_path, params, "unet") == "c0de" * 10 + "+dirty"  # its final run's
+    assert trained_at(tmp_path, params, "resunet") == "0" * 40

@@ -90,6 +90,40 @@ def test_outside_git_gives_unknown_not_a_crash(tmp_path: Path) -> None:
     assert "mlflow.source.git.commit" not in tags
 
 
+def test_code_tags_name_the_checkout_tracking_the_package(tmp_path: Path) -> None:
+    checkout = tmp_path / "checkout"
+    package = checkout / "src" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    (checkout / "params.yaml").write_text("profile: quick\n")
+    git(checkout, "init", "-q")
+    git(checkout, "add", ".")
+    git(checkout, "commit", "-q", "-m", "code")
+    head = git(checkout, "rev-parse", "HEAD")
+    assert lineage.code_tags(package) == {"seglab.git.commit": head, "seglab.git.dirty": "false"}
+    (checkout / "params.yaml").write_text("profile: cpu\n")  # the project's, not the code's
+    assert lineage.code_tags(package)["seglab.git.dirty"] == "false"
+    (package / "__init__.py").write_text("x = 2\n")
+    assert lineage.code_tags(package)["seglab.git.dirty"] == "true"
+    # A wheel installed in a virtual environment inside a repository: untracked, not its code.
+    installed = checkout / ".venv" / "site-packages" / "pkg"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("x = 1\n")
+    assert lineage.code_tags(installed) == {}
+    assert lineage.code_tags(tmp_path) == {}  # outside git
+
+
+def test_a_project_outside_git_still_names_the_code_that_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = {"seglab.git.commit": "0" * 40, "seglab.git.dirty": "false"}
+    monkeypatch.setattr(lineage, "code_tags", lambda: code)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    tags = lineage.lineage_tags(plain, {}, None)
+    assert tags["git.commit"] == "unknown" and tags.items() >= code.items()
+
+
 def test_repository_without_commits_has_no_commit(tmp_path: Path) -> None:
     git(tmp_path, "init", "-q")
     assert lineage.git_commit(tmp_path) is None

@@ -21,7 +21,7 @@ from seglab.tracking.runs import configure
 
 SECTIONS = ("run", "params", "metrics", "lineage", "tags")
 # The tags seglab.tracking.lineage puts on every run.
-LINEAGE_PREFIXES = ("git.", "data.", "params.sha256", "version.")
+LINEAGE_PREFIXES = ("git.", "seglab.git.", "data.", "params.sha256", "version.")
 WIDTH = 44  # a column's widest value in the table; --json gives values in full
 
 

@@ -1,4 +1,5 @@
-"""Where a run came from: git commit and dirty flag, DVC data hashes, params hash, package versions.
+"""Where a run came from: git commit and dirty flag (of the project and of seglab's own
+checkout), DVC data hashes, params hash, package versions.
 
 Every MLflow run carries these as tags (see :func:`lineage_tags`), so any number in the tracking
 UI can be traced back to the code, data and parameters that produced it.
@@ -42,6 +43,10 @@ PACKAGES = (
     "dvc",
     "seglab",
 )
+
+
+#: seglab's own source folder: the code behind every figure a run logs.
+PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -233,22 +238,47 @@ def dvc_hash(path: Path, root: Path) -> str | None:
     return _recorded_md5(path, Path(root).resolve()) or _computed_md5(path, Path(root).resolve())
 
 
+def _dirty_tag(files: list[str] | None) -> str:
+    return "unknown" if files is None else str(bool(files)).lower()
+
+
+def code_tags(package: Path = PACKAGE) -> dict[str, str]:
+    """``seglab.git.commit`` of the checkout tracking ``package`` (an editable install or a source
+    tree on PYTHONPATH) and ``seglab.git.dirty``: whether the package's own files differ from it.
+    So the code that ran is known even when the project folder is not a git repository. Empty
+    for an installed wheel, whose files no repository tracks (``version.seglab`` names it)."""
+    package = Path(package).resolve()
+    top = _git(package, "rev-parse", "--show-toplevel")
+    if top is None or _git(package, "ls-files", "--error-unmatch", "--", "__init__.py") is None:
+        return {}
+    checkout = Path(top.strip())
+    changed = dirty_files(checkout)
+    source = package.relative_to(checkout)
+    dirty = None if changed is None else [f for f in changed if Path(f).is_relative_to(source)]
+    return {
+        "seglab.git.commit": git_commit(checkout) or "unknown",
+        "seglab.git.dirty": _dirty_tag(dirty),
+    }
+
+
 def lineage_tags(
     root: Path, datasets: Mapping[str, Path], params_file: Path | None
 ) -> dict[str, str]:
-    """The tags every run carries; a missing input dataset is an error, not an 'unknown' tag."""
+    """The tags every run carries; a missing input dataset is an error, not an 'unknown' tag.
+
+    ``git.*`` describe the project folder, ``seglab.git.*`` the checkout seglab itself was
+    imported from (the same repository when the project is a seglab checkout; absent for a wheel,
+    which ``version.seglab`` names)."""
     root = Path(root)
     commit = git_commit(root)
     dirty = dirty_files(root)
-    tags = {
-        "git.commit": commit or "unknown",
-        "git.dirty": "unknown" if dirty is None else str(bool(dirty)).lower(),
-    }
+    tags = {"git.commit": commit or "unknown", "git.dirty": _dirty_tag(dirty)}
     if dirty:
         listed = ", ".join(dirty)
         tags["git.dirty_files"] = listed if len(listed) <= 480 else listed[:477] + "..."
     if commit:
         tags["mlflow.source.git.commit"] = commit
+    tags.update(code_tags())
     for name, path in datasets.items():
         resolved = _resolve(path, root)
         md5 = dvc_hash(resolved, root)
