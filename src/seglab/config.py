@@ -298,12 +298,14 @@ class AttentionUnetParams(Section):
 class SwinUnetrParams(Section):
     """MONAI ``SwinUNETR`` in 2D; encoder widths are ``feature_size`` x (1, 2, 4, 8, 16).
 
-    Inputs must be divisible by 32 (patch 2, then four merges).
+    Inputs must be divisible by 32 (patch 2, then four merges). ``use_v2`` adds MONAI's
+    SwinUNETR-V2 residual convolution block before each Swin stage (off in the study).
     """
 
     feature_size: int = Field(48, ge=12, multiple_of=12)
     depths: tuple[int, ...] = (2, 2, 2, 2)
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    use_v2: bool = False
 
 
 class SegmenterNetsParams(Section):

@@ -94,3 +94,14 @@ def test_a_first_stride_of_one_keeps_a_full_resolution_level() -> None:
 def test_strides_need_one_value_per_level_after_the_first() -> None:
     with pytest.raises(ValueError, match="one value per level"):
         SegmenterNetsParams.model_validate({"unet": {"channels": [4, 8, 16], "strides": [1]}})
+
+
+def test_swinunetr_v2_adds_a_residual_block_per_stage() -> None:
+    """``use_v2`` is MONAI's SwinUNETR-V2: a convolution block before each Swin stage."""
+    nets = SegmenterNetsParams.model_validate({"swinunetr": TINY.swinunetr.model_dump()})
+    v2 = SegmenterNetsParams.model_validate(
+        {"swinunetr": {**TINY.swinunetr.model_dump(), "use_v2": True}}
+    )
+    plain, wider = build_segmenter("swinunetr", nets), build_segmenter("swinunetr", v2)
+    assert parameter_count(wider) > parameter_count(plain)
+    assert wider.eval()(torch.rand(1, 1, 64, 64)).shape == (1, 4, 64, 64)

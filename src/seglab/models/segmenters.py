@@ -60,8 +60,9 @@ def swin_unetr(
     feature_size: int,
     depths: tuple[int, ...],
     num_heads: tuple[int, ...],
+    use_v2: bool = False,
 ) -> nn.Module:
-    """MONAI ``SwinUNETR`` in 2D."""
+    """MONAI ``SwinUNETR`` in 2D (``use_v2``: SwinUNETR-V2's convolution block per stage)."""
     return SwinUNETR(
         in_channels=in_channels,
         out_channels=num_classes,
@@ -69,6 +70,7 @@ def swin_unetr(
         depths=depths,
         num_heads=num_heads,
         spatial_dims=2,
+        use_v2=use_v2,
     )
 
 
