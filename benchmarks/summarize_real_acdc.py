@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import time_to_dice
 import yaml
-from mlflow import MlflowClient
 
 from seglab.config import CardiacParams, load_params
 from seglab.data.store import load_split
@@ -43,7 +42,7 @@ from seglab.evaluation.segmentation import choose_inference, evaluate
 from seglab.inference.segment import load_segmenter, predict_labels
 from seglab.io import write_json
 from seglab.metrics.overlap import STRUCTURES, Case, overlap
-from seglab.tracking.runs import resolve_uri
+from seglab.tracking.runs import code_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,24 +96,9 @@ def _commit(project: Path) -> str:
 
 def _trained_at(folder: Path, params: CardiacParams, arch: str) -> str:
     """The commit of the code that trained ``arch`` in ``folder``: its final run's
-    ``seglab.git.commit`` tag (seglab's own checkout, known even when the folder is not a git
-    repository), else the folder's own commit (runs logged before that tag existed)."""
-    uri = resolve_uri(params.tracking.uri, folder)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return _commit(folder)  # no store to read (and none to create here)
-    client = MlflowClient(uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(
-        experiments,
-        filter_string=f"tags.arch = '{arch}' and tags.role = 'final'",  # the segmenter stage's
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    tags = runs[0].data.tags if runs else {}
-    commit = tags.get("seglab.git.commit", "unknown")
-    if commit == "unknown":
-        return _commit(folder)
-    return f"{commit}{'+dirty' if tags.get('seglab.git.dirty') == 'true' else ''}"
+    ``seglab.git.commit`` tag, else the folder's own commit (runs logged before that tag)."""
+    final = f"tags.arch = '{arch}' and tags.role = 'final'"  # the segmenter stage's
+    return code_commit(params.tracking, folder, final) or _commit(folder)
 
 
 def reevaluate(project: Path, params: CardiacParams, arch: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Collect a real-LGG run's figures into ``reports/real-lgg/``: ``summary.json`` (per network
-the tumour-slice Dice, IoU, training time and size, with the profile, commit, data and machine),
-and the comparison stage's table and figures as the run wrote them.
+the tumour-slice Dice, IoU, training time, size and the commit of the code that trained it; the
+profile, data and machine) and the comparison stage's table and figures as the run wrote them.
 
 The run is a project folder where ``dvc repro pipelines/lgg/dvc.yaml`` ran on the real LGG zip
 (``lgg.raw`` set, e.g. ``profile: cpu``)::
@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from seglab.config import BrainParams, load_params
+from seglab.config import BrainParams, load_params, split_arch_name
 from seglab.io import write_json
+from seglab.tracking.runs import code_commit
 
 #: Buda et al. (2019): U-Net, 110 patients, 256 px, mean Dice per volume 82% (their best 84%).
 STUDY_DICE = 0.82
@@ -47,6 +48,14 @@ def _commit(project: Path) -> str:
     return done.stdout.strip() or "unknown"
 
 
+def _trained_at(project: Path, params: BrainParams, name: str) -> str:
+    """The commit of the code that trained network ``name``: its run's ``seglab.git.commit``
+    tag, else the project folder's own commit (runs logged before that tag)."""
+    decoder, encoder = split_arch_name(name)
+    run = f"tags.arch = '{decoder}' and tags.encoder = '{encoder}'"  # the train stage's
+    return code_commit(params.tracking, project, run) or _commit(project)
+
+
 def collect(project: Path, params_file: str) -> dict[str, Any]:
     params = load_params(project / params_file, BrainParams)
     archs = params.architectures
@@ -54,13 +63,14 @@ def collect(project: Path, params_file: str) -> dict[str, Any]:
     for name in archs.names:
         result = json.loads((project / archs.metrics / f"{name}.json").read_text())
         networks[name] = {key: result.get(key) for key in KEYS}
+        networks[name]["commit"] = _trained_at(project, params, name)
     meta = json.loads((project / params.lgg.prepared / "meta.json").read_text())
     splits = meta.get("splits", {})
     best = max(networks, key=lambda n: networks[n]["dice_tumour_slices"] or 0.0)
     trainer = archs.train.trainer
     return {
         "profile": params.profile,
-        "commit": _commit(project),
+        "commit": ", ".join(sorted({n["commit"] for n in networks.values()})) or "unknown",
         "data": str(params.lgg.raw),
         "image_size": params.lgg.prepare.size,
         "patients": {split: len(ids) for split, ids in splits.items()},

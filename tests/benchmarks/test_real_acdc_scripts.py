@@ -1,6 +1,6 @@
-"""The real-ACDC report scripts on tiny stand-ins: ``inference_choices.py`` chooses on the
+"""The real-data report scripts on tiny stand-ins: ``inference_choices.py`` chooses on the
 validation split only and scores every network and their ensemble; ``summarize_real_acdc.py
---keep`` keeps what a run lacks."""
+--keep`` keeps what a run lacks; both summaries name the code that trained each row."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import torch
 from tests.benchmarks.test_benchmarks import BENCHMARKS, prepared
 from tests.helpers import TINY
 
-from seglab.config import CardiacParams, SegmentersParams, SegmenterTrainParams
+from seglab.config import BrainParams, CardiacParams, SegmentersParams, SegmenterTrainParams
 from seglab.evaluation.gate_choice import THRESHOLDS, candidates
+from seglab.stages.lgg import LGG_EXPERIMENT
 from seglab.stages.segmenters import EXPERIMENT
 from seglab.tracking import lineage, runs
 from seglab.tracking.runs import tracked_run
@@ -28,7 +29,13 @@ from seglab.training.segmenters import new_module
 def scripts() -> Iterator[dict[str, ModuleType]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(BENCHMARKS))
-        names = ("common", "gate_choices", "inference_choices", "summarize_real_acdc")
+        names = (
+            "common",
+            "gate_choices",
+            "inference_choices",
+            "summarize_real_acdc",
+            "summarize_real_lgg",
+        )
         yield {name: importlib.import_module(name) for name in names}
 
 
@@ -104,19 +111,25 @@ def test_gate_choices_choose_from_validation_figures_alone(
     assert chosen == {"best_dice": "plausibility_below_0.9", "most_valid_within": "validity"}
 
 
-def test_a_row_names_the_code_that_trained_it_even_outside_git(
-    scripts: dict[str, ModuleType], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A project folder outside git: the row's commit is the ``seglab.git.commit`` the final
-    training run logged, not the folder's (there is none)."""
+@pytest.fixture
+def outside_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder outside any git repository, its runs in its own store."""
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     for name in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(runs, "_launched", None)
+    return tmp_path
+
+
+def test_a_row_names_the_code_that_trained_it_even_outside_git(
+    scripts: dict[str, ModuleType], outside_git: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project folder outside git: the row's commit is the ``seglab.git.commit`` the final
+    training run logged, not the folder's (there is none)."""
     params = CardiacParams()
     trained_at = scripts["summarize_real_acdc"]._trained_at
-    assert trained_at(tmp_path, params, "unet") == "unknown"  # no store, no git
-    assert not (tmp_path / "mlflow.db").exists()  # and none created
+    assert trained_at(outside_git, params, "unet") == "unknown"  # no store, no git
+    assert not (outside_git / "mlflow.db").exists()  # and none created
     code = {"seglab.git.commit": "c0de" * 10, "seglab.git.dirty": "true"}
     later = {"seglab.git.commit": "0" * 40, "seglab.git.dirty": "false"}
     for arch, role, tags in (
@@ -124,10 +137,27 @@ def test_a_row_names_the_code_that_trained_it_even_outside_git(
         ("unet", "crossfit", later),
         ("resunet", "final", later),
     ):
-        monkeypatch.setattr(lineage, "code_tags", lambda tags=tags: tags)
+        monkeypatch.setattr(lineage, "code_tags", lambda *_, tags=tags, **__: tags)
         with tracked_run(
-            params.tracking, EXPERIMENT, arch, root=tmp_path, tags={"arch": arch, "role": role}
+            params.tracking, EXPERIMENT, arch, root=outside_git, tags={"arch": arch, "role": role}
         ):
             pass
-    assert trained_at(tmp_path, params, "unet") == "c0de" * 10 + "+dirty"  # its final run's
-    assert trained_at(tmp_path, params, "resunet") == "0" * 40
+    assert trained_at(outside_git, params, "unet") == "c0de" * 10 + "+dirty"  # its final run's
+    assert trained_at(outside_git, params, "resunet") == "0" * 40
+
+
+def test_an_lgg_row_names_the_code_that_trained_that_network(
+    scripts: dict[str, ModuleType], outside_git: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = BrainParams()
+    trained_at = scripts["summarize_real_lgg"]._trained_at
+    assert trained_at(outside_git, params, "unet-resnet18") == "unknown"
+    for decoder, encoder, commit in (("unet", "resnet18", "a"), ("unet", "resnet101", "b")):
+        code = {"seglab.git.commit": commit * 40, "seglab.git.dirty": "false"}
+        monkeypatch.setattr(lineage, "code_tags", lambda *_, code=code, **__: code)
+        tags = {"arch": decoder, "encoder": encoder}
+        with tracked_run(params.tracking, LGG_EXPERIMENT, "x", root=outside_git, tags=tags):
+            pass
+    assert trained_at(outside_git, params, "unet-resnet18") == "a" * 40
+    assert trained_at(outside_git, params, "unet-resnet101") == "b" * 40
+    assert trained_at(outside_git, params, "fpn-resnet18") == "unknown"

@@ -113,11 +113,37 @@ def test_code_tags_name_the_checkout_tracking_the_package(tmp_path: Path) -> Non
     assert lineage.code_tags(tmp_path) == {}  # outside git
 
 
+def test_a_project_that_is_the_code_checkout_takes_its_git_status_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkout = tmp_path / "checkout"
+    package = checkout / "src" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    (checkout / "sub").mkdir()
+    (checkout / "sub" / "params.yaml").write_text("profile: quick\n")
+    git(checkout, "init", "-q")
+    git(checkout, "add", ".")
+    git(checkout, "commit", "-q", "-m", "code")
+    (package / "__init__.py").write_text("x = 2\n")
+    scanned: list[Path] = []
+    listed = lineage.dirty_files
+    monkeypatch.setattr(lineage, "dirty_files", lambda root: scanned.append(root) or listed(root))
+    monkeypatch.setattr(lineage, "PACKAGE", package)
+    tags = lineage.lineage_tags(checkout, {}, None)
+    assert scanned == [checkout]
+    assert tags["git.dirty"] == tags["seglab.git.dirty"] == "true"
+    # A project in a sub-folder sees other dvc.lock files: the checkout is listed on its own.
+    scanned.clear()
+    assert lineage.lineage_tags(checkout / "sub", {}, None)["seglab.git.dirty"] == "true"
+    assert scanned == [checkout / "sub", checkout.resolve()]
+
+
 def test_a_project_outside_git_still_names_the_code_that_ran(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code = {"seglab.git.commit": "0" * 40, "seglab.git.dirty": "false"}
-    monkeypatch.setattr(lineage, "code_tags", lambda: code)
+    monkeypatch.setattr(lineage, "code_tags", lambda *_, **__: code)
     plain = tmp_path / "plain"
     plain.mkdir()
     tags = lineage.lineage_tags(plain, {}, None)

@@ -242,17 +242,20 @@ def _dirty_tag(files: list[str] | None) -> str:
     return "unknown" if files is None else str(bool(files)).lower()
 
 
-def code_tags(package: Path = PACKAGE) -> dict[str, str]:
+def code_tags(
+    package: Path = PACKAGE, known: Mapping[Path, list[str] | None] | None = None
+) -> dict[str, str]:
     """``seglab.git.commit`` of the checkout tracking ``package`` (an editable install or a source
     tree on PYTHONPATH) and ``seglab.git.dirty``: whether the package's own files differ from it.
     So the code that ran is known even when the project folder is not a git repository. Empty
-    for an installed wheel, whose files no repository tracks (``version.seglab`` names it)."""
+    for an installed wheel, whose files no repository tracks (``version.seglab`` names it).
+    ``known``: :func:`dirty_files` already listed for a checkout's top folder, not listed again."""
     package = Path(package).resolve()
     top = _git(package, "rev-parse", "--show-toplevel")
     if top is None or _git(package, "ls-files", "--error-unmatch", "--", "__init__.py") is None:
         return {}
-    checkout = Path(top.strip())
-    changed = dirty_files(checkout)
+    checkout = Path(top.strip()).resolve()
+    changed = known[checkout] if known and checkout in known else dirty_files(checkout)
     source = package.relative_to(checkout)
     dirty = None if changed is None else [f for f in changed if Path(f).is_relative_to(source)]
     return {
@@ -278,7 +281,8 @@ def lineage_tags(
         tags["git.dirty_files"] = listed if len(listed) <= 480 else listed[:477] + "..."
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    tags.update(code_tags())
+    # Usually the project is the seglab checkout itself: its git status is not taken twice.
+    tags.update(code_tags(PACKAGE, known={root.resolve(): dirty}))
     for name, path in datasets.items():
         resolved = _resolve(path, root)
         md5 = dvc_hash(resolved, root)

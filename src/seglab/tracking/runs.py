@@ -109,6 +109,26 @@ def resolve_uri(uri: str, root: Path) -> str:
     return uri
 
 
+def code_commit(tracking: TrackingParams, root: Path, filter_string: str) -> str | None:
+    """``<commit>[+dirty]`` of the seglab code behind the latest run matching ``filter_string``
+    in any experiment (its ``seglab.git.*`` tags, see :mod:`seglab.tracking.lineage`), so a
+    report names the code that made a figure even when the project is not a git repository.
+    None without a store (none is created), a matching run, or the tag (an older run)."""
+    uri = resolve_uri(tracking.uri, root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments, filter_string, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    tags = runs[0].data.tags if runs else {}
+    commit = tags.get("seglab.git.commit", "unknown")
+    if commit == "unknown":
+        return None
+    return f"{commit}{'+dirty' if tags.get('seglab.git.dirty') == 'true' else ''}"
+
+
 def configure(tracking: TrackingParams, root: Path) -> str:
     """Point MLflow at the project's store and return the resolved tracking URI.
 
