@@ -11,6 +11,9 @@ picks a recipe or an epoch.
     uv run --frozen python benchmarks/time_to_dice.py metrics/segmenters/*.curves.csv \\
         --out benchmarks/time_to_dice.png --targets 0.85 0.88 0.90
     uv run --frozen python benchmarks/time_to_dice.py old=a.csv new=b.csv --json ttd.json
+
+Runs made on different machines compare by epoch, not by wall time: ``--x epoch`` draws the
+curves against the epoch (the table keeps each run's own seconds).
 """
 
 from __future__ import annotations
@@ -68,14 +71,16 @@ def summarize(frame: pd.DataFrame, targets: Sequence[float]) -> dict[str, Any]:
     return row
 
 
-def figure(runs: dict[str, pd.DataFrame], targets: Sequence[float]) -> Figure:
+def figure(runs: dict[str, pd.DataFrame], targets: Sequence[float], x: str = "time") -> Figure:
+    """Validation Dice against wall time (``x`` "time") or against the epoch ("epoch")."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     for name, frame in runs.items():
-        ax.plot(frame["seconds"] / 60, frame[METRIC], marker=".", label=name)
+        along = frame["seconds"] / 60 if x == "time" else np.arange(1, len(frame) + 1)
+        ax.plot(along, frame[METRIC], marker=".", label=name)
     for target in targets:
         ax.axhline(target, color="grey", lw=0.6, ls=":")
-    ax.set_xlabel("training wall time (min)")
+    ax.set_xlabel("training wall time (min)" if x == "time" else "epoch")
     ax.set_ylabel("validation Dice (mean of LV, MYO, RV)")
     ax.set_ylim(max(0.0, min(f[METRIC].min() for f in runs.values()) - 0.02), 1.0)
     ax.grid(alpha=0.3)
@@ -109,13 +114,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--targets", type=float, nargs="*", default=[0.85, 0.88, 0.90])
     parser.add_argument("--out", type=Path, help="write the picture (PNG)")
     parser.add_argument("--json", type=Path, help="write the table as JSON")
+    parser.add_argument(
+        "--x", choices=("time", "epoch"), default="time", help="the picture's horizontal axis"
+    )
     args = parser.parse_args(argv)
     runs = read_runs(args.curves)
     rows = {name: summarize(frame, args.targets) for name, frame in runs.items()}
     print(table(rows, args.targets))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        figure(runs, args.targets).savefig(args.out, dpi=120)
+        figure(runs, args.targets, args.x).savefig(args.out, dpi=120)
     if args.json:
         write_json(args.json, rows)
     return rows

@@ -327,6 +327,9 @@ def test_time_to_dice_reads_the_stages_curves(
     table = capsys.readouterr().out
     assert "| unet | 4 |" in table and "| old | 4 |" in table
     assert json.loads(figures.read_text())["unet"]["best_epoch"] == 3
+    by_epoch = ttd.figure(ttd.read_runs([str(tmp_path / "slow.csv")]), [0.85], x="epoch")
+    assert by_epoch.axes[0].get_xlabel() == "epoch"
+    assert list(by_epoch.axes[0].lines[0].get_xdata()) == [1, 2, 3, 4]
     (tmp_path / "bad.csv").write_text("epoch,loss\n0,1\n")
     with pytest.raises(SystemExit, match="not a curves file"):
         ttd.main([str(tmp_path / "bad.csv")])
