@@ -11,12 +11,10 @@ from __future__ import annotations
 import gzip
 import math
 import re
-import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import nibabel as nib
 import numpy as np
@@ -26,7 +24,7 @@ from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
 from seglab.data.labels import BACKGROUND, LV, MYO, RV
-from seglab.data.source import Node, one_line, open_source, read_bytes, subdirs
+from seglab.data.source import Node, OpenedSource, one_line, open_source, read_bytes, subdirs
 from seglab.errors import DataError
 
 PHASES = ("ED", "ES")
@@ -87,31 +85,9 @@ class AcdcFrame:
     stored_dtype: str = ""  # the image dtype on disk (float32, int16 or uint8 in ACDC)
 
 
-class AcdcDataset:
-    """An opened ACDC source; use as a context manager so a zip gets closed."""
-
-    def __init__(
-        self,
-        root: Path,
-        patients: list[AcdcPatient],
-        folders: dict[str, Node],
-        problems: list[DataError],
-        archive: zipfile.ZipFile | None,
-    ) -> None:
-        self.root = root
-        self.patients = sorted(patients, key=lambda p: p.id)
-        # Patients left out because their Info.cfg is bad (only filled when opened non-strict).
-        self.problems = problems
-        self._by_id = {p.id: p for p in self.patients}
-        self._folders = folders
-        self._archive = archive
-
-    def patient(self, patient_id: str) -> AcdcPatient:
-        """The patient with this id, or DataError if the source has none."""
-        try:
-            return self._by_id[patient_id]
-        except KeyError:
-            raise DataError(self.root, f"no patient {patient_id!r}") from None
+class AcdcDataset(OpenedSource[AcdcPatient]):
+    """An opened ACDC source (``problems``: patients whose Info.cfg is bad, when opened
+    non-strict); use as a context manager so a zip gets closed."""
 
     def load(self, patient_id: str, phase: str) -> AcdcFrame:
         """Read and validate the image and ground truth of one patient's ED or ES frame."""
@@ -147,23 +123,6 @@ class AcdcDataset:
             affine=np.asarray(image_nii.affine, dtype=np.float64),
             stored_dtype=str(image_nii.get_data_dtype()),
         )
-
-    def close(self) -> None:
-        """Close the zip archive, if any (idempotent)."""
-        if self._archive is not None:
-            self._archive.close()
-            self._archive = None
-
-    def __enter__(self) -> AcdcDataset:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_acdc(path: str | Path, *, strict: bool = True) -> AcdcDataset:

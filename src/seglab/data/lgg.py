@@ -14,13 +14,20 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from seglab.data.source import Node, list_dir, one_line, open_source, read_bytes, subdirs
+from seglab.data.source import (
+    Node,
+    OpenedSource,
+    list_dir,
+    one_line,
+    open_source,
+    read_bytes,
+    subdirs,
+)
 from seglab.errors import DataError
 
 _CASE_DIR = re.compile(r"TCGA_[A-Za-z0-9]+_[A-Za-z0-9]+_\d{8}")
@@ -49,8 +56,14 @@ class LggVolume:
     slice_numbers: tuple[int, ...]
 
 
-class LggDataset:
-    """An opened LGG source; use as a context manager so a zip gets closed."""
+class LggDataset(OpenedSource[LggPatient]):
+    """An opened LGG source (``problems``: cases or a data.csv left out as malformed, when opened
+    non-strict); use as a context manager so a zip gets closed.
+
+    Args:
+        table: data.csv's rows for the cases found here.
+        csv_unmatched: data.csv ``Patient`` keys with no case folder here.
+    """
 
     def __init__(
         self,
@@ -62,23 +75,9 @@ class LggDataset:
         archive: zipfile.ZipFile | None,
         csv_unmatched: list[str] | None = None,
     ) -> None:
-        self.root = root
-        self.patients = sorted(patients, key=lambda p: p.id)
+        super().__init__(root, patients, folders, problems, archive)
         self.table = table
-        # data.csv ``Patient`` keys with no case folder here (the rows ``table`` leaves out).
         self.csv_unmatched = list(csv_unmatched or [])
-        # Cases (or data.csv) left out because they are malformed (only filled non-strict).
-        self.problems = problems
-        self._by_id = {p.id: p for p in self.patients}
-        self._folders = folders
-        self._archive = archive
-
-    def patient(self, patient_id: str) -> LggPatient:
-        """The case with this id, or DataError if the source has none."""
-        try:
-            return self._by_id[patient_id]
-        except KeyError:
-            raise DataError(self.root, f"no patient {patient_id!r}") from None
 
     def load_slice(self, patient_id: str, number: int) -> tuple[np.ndarray, np.ndarray]:
         """One validated slice: image uint8 [H, W, 3] and mask uint8 [H, W] in {0, 1}."""
@@ -122,23 +121,6 @@ class LggDataset:
             images.append(image)
             masks.append(mask)
         return LggVolume(patient_id, np.stack(images), np.stack(masks), numbers)
-
-    def close(self) -> None:
-        """Close the zip archive, if any (idempotent)."""
-        if self._archive is not None:
-            self._archive.close()
-            self._archive = None
-
-    def __enter__(self) -> LggDataset:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_lgg(path: str | Path, *, strict: bool = True) -> LggDataset:

@@ -9,11 +9,73 @@ from __future__ import annotations
 import zipfile
 import zlib
 from pathlib import Path
+from types import TracebackType
+from typing import Generic, Protocol, Self, TypeVar
 
 from seglab.errors import DataError
 
 # A node of the dataset tree: a real path, or a member of an open zip (same interface).
 Node = Path | zipfile.Path
+
+
+class HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+P = TypeVar("P", bound=HasId)
+
+
+class OpenedSource(Generic[P]):
+    """A dataset opened from a folder or a zip: its patients by id, each patient's folder, what
+    was left out, and the archive to close (use as a context manager so a zip gets closed).
+
+    Args:
+        root: the folder or zip the dataset was opened from (named in errors).
+        patients: the readable patients, kept sorted by id.
+        folders: each patient id's folder node in the tree.
+        problems: patients (or files) left out as malformed (only filled when opened non-strict).
+        archive: the open zip, or None for a folder.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        patients: list[P],
+        folders: dict[str, Node],
+        problems: list[DataError],
+        archive: zipfile.ZipFile | None,
+    ) -> None:
+        self.root = root
+        self.patients = sorted(patients, key=lambda p: p.id)
+        self.problems = problems
+        self._by_id = {p.id: p for p in self.patients}
+        self._folders = folders
+        self._archive = archive
+
+    def patient(self, patient_id: str) -> P:
+        """The patient with this id, or DataError if the source has none."""
+        try:
+            return self._by_id[patient_id]
+        except KeyError:
+            raise DataError(self.root, f"no patient {patient_id!r}") from None
+
+    def close(self) -> None:
+        """Close the zip archive, if any (idempotent)."""
+        if self._archive is not None:
+            self._archive.close()
+            self._archive = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def open_source(path: str | Path) -> tuple[Node, zipfile.ZipFile | None]:
