@@ -204,8 +204,11 @@ def collect(
 
 def keep_missing(summary: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
     """``summary`` with the segmenters it lacks taken from ``earlier``, and the correction
-    study too when it has none (each keeps the commit it was made at)."""
+    study too when it has none (each keeps the commit it was made at). A run outside git (a
+    segmenter retrained in a bare project folder) names no commit: the earlier run's stays."""
     kept = {**summary, "segmenters": {**summary["segmenters"]}}
+    if summary.get("commit", "unknown") == "unknown":
+        kept["commit"] = earlier.get("commit", "unknown")
     for arch, row in earlier.get("segmenters", {}).items():
         kept["segmenters"].setdefault(arch, row)
     if not summary["correctors"]:

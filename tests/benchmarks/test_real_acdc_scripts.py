@@ -89,6 +89,9 @@ def test_keep_takes_what_the_run_lacks_from_the_earlier_summary(
     }
     run = {"segmenters": {"unet": {"dice_mean": 0.84}}, "nvae": None, "correctors": {}}
     kept = keep(run, earlier)
+    assert kept["commit"] == "unknown"
+    assert keep({**run, "commit": "unknown"}, {**earlier, "commit": "c0ffee"})["commit"] == "c0ffee"
+    assert keep({**run, "commit": "beef"}, {**earlier, "commit": "c0ffee"})["commit"] == "beef"
     assert kept["segmenters"] == {"unet": {"dice_mean": 0.84}, "swinunetr": {"dice_mean": 0.7}}
     assert kept["correctors"] == earlier["correctors"] and kept["correction_inputs_commit"] == "abc"
     newer = {**run, "correctors": {"context": {"dice_mean": 0.83}}, "nvae": {"dice_mean": 0.91}}
