@@ -27,7 +27,7 @@ from seglab.data.labels import STRUCTURE_LABELS
 from seglab.data.store import SliceSet, load_split, volume_rows
 from seglab.evaluation.segmentation import dice_mean, evaluate
 from seglab.inference.postprocess import Cleanup, choose
-from seglab.inference.segment import cleanup_of, context_of, image_tensor, load_segmenter
+from seglab.inference.segment import cleanup_of, load_segmenter, module_input
 
 #: Fractions of a structure's largest area in its volume below which the relative drop removes it.
 FRACTIONS = (0.05, 0.1, 0.2)
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     every: dict[str, dict[bool, dict[str, torch.Tensor]]] = {}
     for path in args.checkpoints:
         module = load_segmenter(path).eval()
-        images = {name: image_tensor(s, context_of(module)) for name, s in splits.items()}
+        images = {name: module_input(module, s) for name, s in splits.items()}
         every[path.stem] = {
             flips: {name: probabilities(module.network, x, flips) for name, x in images.items()}
             for flips in (False, True)

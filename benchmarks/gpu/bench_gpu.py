@@ -47,7 +47,7 @@ from seglab.config import (  # noqa: E402
 from seglab.data.acdcseg import nvae_tensors  # noqa: E402
 from seglab.data.store import SliceSet  # noqa: E402
 from seglab.evaluation.segmentation import evaluate  # noqa: E402
-from seglab.inference.segment import image_tensor, load_segmenter, predict_labels  # noqa: E402
+from seglab.inference.segment import load_segmenter, module_input, predict_labels  # noqa: E402
 from seglab.models.segmenters import ARCHS, parameter_count  # noqa: E402
 from seglab.training.datamodule import TensorDataModule  # noqa: E402
 from seglab.training.fit import fit  # noqa: E402
@@ -170,7 +170,7 @@ def run_segmenter(
     data = TensorDataModule(
         {
             name: on_device(
-                image_tensor(splits[name], train.context_slices),
+                module_input(module, splits[name]),
                 torch.from_numpy(splits[name].label),
             )
             for name in ("train", "val")

@@ -342,6 +342,9 @@ class SegmenterTrainParams(Section):
     # input channels (0: the slice alone, as in the study). Through-plane context tells a 2D
     # network whether it sits above the base or below the apex, where a structure should vanish.
     context_slices: int = Field(0, ge=0)
+    # The slice's place in its stack (0 at the first slice, 1 at the last) as one more input
+    # channel: the slices above the base and below the apex look like heart but are unlabelled.
+    slice_position: bool = False
     augment: AugmentParams = AugmentParams()
     trainer: TrainerParams = TrainerParams()
 

@@ -107,11 +107,12 @@ def volume_rows(meta: pd.DataFrame, volume_keys: tuple[str, ...] = VOLUME_KEYS) 
     return [group.index.to_numpy() for _, group in groups]
 
 
-def image_context(slices: SliceSet, context: int) -> np.ndarray:
-    """float32 [N, 1 + 2 * context, H, W]: each slice's image between its ``context``
+def image_context(slices: SliceSet, context: int, position: bool = False) -> np.ndarray:
+    """float32 [N, 1 + 2 * context (+ 1), H, W]: each slice's image between its ``context``
     neighbours on either side in its volume (2.5D input), nearest first outwards: ``[z - c ..
     z .. z + c]``. Beyond the volume's ends the channel is zero, which tells the network it
-    sits at the base or the apex.
+    sits at the base or the apex. With ``position``, a last channel holds the slice's place in
+    its stack, ``slice_index / (slice_count - 1)`` everywhere: how far from the base it is.
 
     >>> meta = pd.DataFrame({"patient": ["p"] * 2, "frame": [1, 1], "slice_index": [0, 1],
     ...                      "slice_count": [2, 2]})
@@ -126,6 +127,15 @@ def image_context(slices: SliceSet, context: int) -> np.ndarray:
         rows = neighbour_rows(slices.meta, offset=offset) if offset else np.arange(len(image))
         inside = rows >= 0
         out[inside, channel] = image[rows[inside]]
+    if position:
+        place = slices.meta["slice_index"].to_numpy() / np.maximum(
+            slices.meta["slice_count"].to_numpy() - 1, 1
+        )
+        out = np.concatenate(
+            [out, np.broadcast_to(place[:, None, None, None], (len(out), 1, *out.shape[-2:]))],
+            axis=1,
+            dtype=np.float32,
+        )
     return out
 
 

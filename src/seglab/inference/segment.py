@@ -26,19 +26,36 @@ from seglab.training.fit import inference_batch, predict
 from seglab.training.segmentation_module import SegmentationModule, flip_averaged_softmax
 
 
-def image_tensor(slices: SliceSet, context: int = 0) -> torch.Tensor:
-    """``[N, 1 + 2 * context, H, W]`` float32: the networks' input, each slice between its
-    ``context`` neighbours on either side (:func:`~seglab.data.store.image_context`)."""
-    return torch.from_numpy(image_context(slices, context))
+def image_tensor(slices: SliceSet, context: int = 0, position: bool = False) -> torch.Tensor:
+    """``[N, 1 + 2 * context (+ 1), H, W]`` float32: the networks' input, each slice between
+    its ``context`` neighbours on either side, then its place in the stack if ``position``
+    (:func:`~seglab.data.store.image_context`)."""
+    return torch.from_numpy(image_context(slices, context, position))
+
+
+def input_channels(context: int, position: bool) -> int:
+    """The input channels of a segmenter that sees ``context`` neighbours on either side and,
+    if ``position``, the slice's place in its stack."""
+    return 1 + 2 * context + int(position)
 
 
 #: Hyper-parameters the training stage keeps in a segmenter's checkpoint beside the module's own.
-STAGE_HPARAMS = ("arch", "net_params", "context_slices", "flips", *Cleanup.KEYS)
+STAGE_HPARAMS = ("arch", "net_params", "context_slices", "slice_position", "flips", *Cleanup.KEYS)
 
 
 def context_of(module: SegmentationModule) -> int:
     """The neighbouring slices on either side that ``module`` takes as input (0 before 2.5D)."""
     return int(module.hparams.get("context_slices", 0))
+
+
+def position_of(module: SegmentationModule) -> bool:
+    """Whether ``module`` takes the slice's place in its stack as its last input channel."""
+    return bool(module.hparams.get("slice_position", False))
+
+
+def module_input(module: SegmentationModule, slices: SliceSet) -> torch.Tensor:
+    """``module``'s input for ``slices``: the slice, its neighbours and its place as trained."""
+    return image_tensor(slices, context_of(module), position_of(module))
 
 
 def flips_of(module: SegmentationModule) -> bool:
@@ -65,10 +82,12 @@ def load_segmenter(path: Path) -> SegmentationModule:
         hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
         arch = hparams["arch"]
         nets = SegmenterNetsParams.model_validate({arch: hparams["net_params"]})
-        context = int(hparams.get("context_slices", 0))
+        channels = input_channels(
+            int(hparams.get("context_slices", 0)), bool(hparams.get("slice_position", False))
+        )
         return SegmentationModule.load_from_checkpoint(
             path,
-            net=build_segmenter(arch, nets, in_channels=1 + 2 * context),
+            net=build_segmenter(arch, nets, in_channels=channels),
             map_location="cpu",
             # What the stage stored beside the module's own settings; older checkpoints lack
             # the later keys, and context_of / flips_of / cleanup_of supply their defaults.
@@ -87,7 +106,7 @@ def predict_labels(
     if len(slices) == 0:
         return np.zeros(slices.label.shape, dtype=np.uint8)
     batch = inference_batch(trainer)
-    images = image_tensor(slices, context_of(module))
+    images = module_input(module, slices)
     pred = predict(module, images, trainer, batch).numpy().astype(np.uint8)
     return pred if raw else cleanup_of(module).apply(pred, volume_rows(slices.meta))
 
@@ -106,17 +125,18 @@ class Segmenter:
 
     ``name`` says what was loaded; ``version`` and ``run_id`` trace a registered one."""
 
-    net: torch.nn.Module  # [B, 1 + 2 * context, S, S] images -> [B, 4, S, S] logits
+    net: torch.nn.Module  # [B, 1 + 2 * context (+ 1), S, S] images -> [B, 4, S, S] logits
     context: int
     cleanup: Cleanup
     name: str
     version: str | None = None
     run_id: str | None = None
     flips: bool = False  # the softmax averaged over the four flips of each slice
+    position: bool = False  # the slice's place in its stack as the last input channel
 
     def __call__(self, slices: SliceSet, batch_size: int = 8) -> np.ndarray:
         """uint8 ``[N, S, S]`` label maps of ``slices`` (on the CPU), cleaned up."""
-        images = image_tensor(slices, self.context)
+        images = image_tensor(slices, self.context, self.position)
         with torch.no_grad():
             parts = [
                 self._scores(images[i : i + batch_size]).argmax(1).to(torch.uint8)
@@ -148,7 +168,12 @@ def open_segmenter(ref: str, tracking: TrackingParams, root: Path) -> Segmenter:
     if not _URI.match(ref):
         module = load_segmenter(Path(ref)).eval()
         return Segmenter(
-            module.net, context_of(module), cleanup_of(module), name=ref, flips=flips_of(module)
+            module.net,
+            context_of(module),
+            cleanup_of(module),
+            name=ref,
+            flips=flips_of(module),
+            position=position_of(module),
         )
     net = load_model(ref, tracking, root, map_location="cpu")
     version = resolve_version(ref, tracking, root) if ref.startswith("models:/") else None
@@ -158,6 +183,7 @@ def open_segmenter(ref: str, tracking: TrackingParams, root: Path) -> Segmenter:
     return Segmenter(
         net,
         context=(channels - 1) // 2,
+        position=channels % 2 == 0,  # an even channel count: the place is the last channel
         cleanup=Cleanup.from_tags(tags),
         flips=tags.get(FLIPS_TAG, "False") == "True",
         name=f"{ref} (version {version.version})" if version is not None else ref,

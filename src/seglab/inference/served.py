@@ -114,7 +114,7 @@ class CardiacPipeline(PythonModel):
         seg = config["segmenter"]
         segmenter = Segmenter(
             net("segmenter"), seg["context"], Cleanup.from_hparams(seg), seg["name"],
-            seg["version"], seg["run_id"], seg.get("flips", False),
+            seg["version"], seg["run_id"], seg.get("flips", False), seg.get("position", False),
         )  # fmt: skip
         loaded = {
             key: Corrector(
@@ -215,7 +215,10 @@ def register_pipeline(
         tags[f"{key}.run_id"] = str(version.run_id)
     config["gate"] = params.correctors.gate_for(corrector_gate).model_dump(mode="json")
     config["segmenter"].update(
-        context=chosen.context, flips=chosen.flips, **chosen.cleanup.hparams()
+        context=chosen.context,
+        flips=chosen.flips,
+        position=chosen.position,
+        **chosen.cleanup.hparams(),
     )
     seg_run = mlflow.MlflowClient().get_run(seg_version.run_id)
     evaluated = {k: seg_tags[k] for k in (EVAL_SPLIT_TAG, EVAL_DATASET_TAG) if k in seg_tags}

@@ -46,10 +46,9 @@ from seglab.evaluation.segmentation import TEST_KEYS, VOLUME_KEYS, choose_infere
 from seglab.inference.segment import (
     FLIPS_TAG,
     cleanup_of,
-    context_of,
     flips_of,
-    image_tensor,
     load_segmenter,
+    module_input,
     predict_labels,
 )
 from seglab.io import atomic_file, write_record
@@ -88,8 +87,8 @@ def _check_arch(params: SegmentersParams, arch: str) -> None:
         raise ConfigError(f"'{arch}' is not in segmenters.archs ({', '.join(params.archs)})")
 
 
-def _tensors(slices: SliceSet, context: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return image_tensor(slices, context), torch.from_numpy(slices.label)
+def _tensors(slices: SliceSet, module: SegmentationModule) -> tuple[torch.Tensor, torch.Tensor]:
+    return module_input(module, slices), torch.from_numpy(slices.label)
 
 
 def patient_folds(meta: pd.DataFrame, folds: int, seed: int) -> dict[str, int]:
@@ -135,7 +134,7 @@ def _train(
     """Fit on ``splits`` train/val; the best epoch's module, its clean-up chosen on val
     (``segmenters.postprocess``), and what the fit left."""
     data = TensorDataModule(
-        {name: _tensors(splits[name], context_of(module)) for name in ("train", "val")},
+        {name: _tensors(splits[name], module) for name in ("train", "val")},
         batch_size=trainer.batch_size,
         seed=trainer.seed,
     )
@@ -243,7 +242,7 @@ def train_segmenter(
         version = log_and_register(
             best.net,
             registered_name(arch),
-            image_tensor(test, context_of(best))[:2].numpy(),
+            module_input(best, test)[:2].numpy(),
             tags={**evaluation_tags("test", data_md5), "arch": arch},
         )
         metrics = {**figures, **sizes, "epochs": epochs}

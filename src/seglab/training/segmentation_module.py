@@ -97,6 +97,7 @@ class SegmentationModule(L.LightningModule):
         class_names: Mapping[int, str] | None = None,
         monitor: str | None = None,
         augment: AugmentParams | Mapping[str, Any] | None = None,
+        fixed_channels: int = 0,
         hparams: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -119,6 +120,9 @@ class SegmentationModule(L.LightningModule):
             AugmentParams.model_validate(augment) if isinstance(augment, Mapping) else augment
         )
         self.augment = BatchAugment(augment_params) if augment_params is not None else None
+        # Trailing input channels that say where a slice is, not what it shows (the slice's
+        # place in its stack): augmentation leaves them as they are.
+        self.fixed_channels = fixed_channels
         # Plain types only: checkpoints are read back with torch.load(weights_only=True).
         self.save_hyperparameters(
             {
@@ -182,7 +186,9 @@ class SegmentationModule(L.LightningModule):
         """Augment training batches on the device they were moved to (never val/test/predict)."""
         if self.augment is not None and self.trainer.training:
             image, label = batch
-            return self.augment(image, label)
+            split = image.shape[1] - self.fixed_channels
+            image_out, label_out = self.augment(image[:, :split], label)
+            return torch.cat([image_out, image[:, split:]], dim=1), label_out
         return batch
 
     def _target(self, label: Tensor) -> Tensor:

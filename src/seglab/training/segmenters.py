@@ -22,7 +22,11 @@ def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
     train = params.train_for(arch)
     seed(train.trainer)
     return SegmentationModule(
-        build_segmenter(arch, params.nets, in_channels=1 + 2 * train.context_slices),
+        build_segmenter(
+            arch,
+            params.nets,
+            in_channels=1 + 2 * train.context_slices + int(train.slice_position),
+        ),
         NUM_LABELS,
         lr=train.lr,
         loss=train.loss,
@@ -34,9 +38,11 @@ def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
         class_names=CLASS_NAMES,
         monitor=MONITOR,
         augment=train.augment,
+        fixed_channels=int(train.slice_position),
         hparams={
             "arch": arch,
             "net_params": net_params.model_dump(mode="json"),
             "context_slices": train.context_slices,
+            "slice_position": train.slice_position,
         },
     )
