@@ -79,6 +79,16 @@ def test_image_context_stacks_neighbours_with_zeros_beyond_the_volume() -> None:
     assert (image_context(slices, 0)[:, 0] == slices.image).all()
 
 
+def test_the_place_in_the_stack_is_a_last_constant_channel() -> None:
+    slices = _volumes([("p1", 1), ("p1", 0), ("p1", 2)])
+    placed = image_context(slices, 1, position=True)
+    assert placed.shape == (3, 4, 2, 2) and placed.dtype == np.float32
+    assert (placed[:, :3] == image_context(slices, 1)).all()
+    assert placed[:, 3].tolist() == [[[0.5] * 2] * 2, [[0.0] * 2] * 2, [[1.0] * 2] * 2]
+    single = _volumes([("p1", 0)], count=1)
+    assert image_context(single, 0, position=True)[:, 1].tolist() == [[[0.0] * 2] * 2]
+
+
 def test_a_gap_or_a_repeated_slice_is_refused() -> None:
     with pytest.raises(DataError, match="volume has no slice"):
         neighbour_rows(_volumes([("p1", 0), ("p1", 2)]).meta)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from seglab.config import (
     TrackingParams,
     TrainerParams,
 )
+from seglab.data.store import SliceSet
 from seglab.errors import DataError
 from seglab.inference.postprocess import Cleanup
 from seglab.inference.segment import (
@@ -20,8 +23,11 @@ from seglab.inference.segment import (
     context_of,
     flips_of,
     load_segmenter,
+    module_input,
     open_segmenter,
+    position_of,
 )
+from seglab.training.segmentation_module import SegmentationModule
 from seglab.training.segmenters import new_module
 
 
@@ -41,6 +47,43 @@ def test_a_checkpoint_carries_its_input_and_clean_up(tmp_path: Path) -> None:
     module = new_module("unet", SegmentersParams(train=train))
     module.hparams.update({"flips": True, **Cleanup("heart", 10, across_slices=True).hparams()})
     path = tmp_path / "unet.ckpt"
+    _save(module, path)
+    loaded = load_segmenter(path)
+    assert context_of(loaded) == 1 and cleanup_of(loaded) == Cleanup("heart", 10, True)
+    assert flips_of(loaded) and open_segmenter(str(path), TrackingParams(), tmp_path).flips
+    image = torch.rand(2, 3, 32, 32)
+    assert torch.equal(loaded.eval()(image), module.eval()(image))
+
+
+def test_a_checkpoint_that_sees_the_place_in_the_stack_builds_its_own_input(
+    tmp_path: Path,
+) -> None:
+    train = SegmenterTrainParams(
+        context_slices=1, slice_position=True, trainer=TrainerParams(accelerator="cpu")
+    )
+    module = new_module("unet", SegmentersParams(train=train))
+    path = tmp_path / "unet.ckpt"
+    _save(module, path)
+    loaded = load_segmenter(path).eval()
+    assert context_of(loaded) == 1 and position_of(loaded)
+    slices = _stack(count=3)
+    images = module_input(loaded, slices)
+    assert images.shape == (3, 4, 32, 32) and images[:, 3, 0, 0].tolist() == [0.0, 0.5, 1.0]
+    segmenter = open_segmenter(str(path), TrackingParams(), tmp_path)
+    assert segmenter.position and segmenter(slices).shape == (3, 32, 32)
+
+
+def _stack(count: int) -> SliceSet:
+    """One volume of ``count`` random 32 x 32 slices."""
+    meta = pd.DataFrame(
+        {"patient": "p", "frame": 1, "slice_index": range(count), "slice_count": count}
+    )
+    image = np.random.default_rng(0).random((count, 32, 32), dtype=np.float32)
+    return SliceSet(image, np.zeros(image.shape, np.uint8), meta)
+
+
+def _save(module: SegmentationModule, path: Path) -> None:
+    """``module`` as the training stage's checkpoint holds it: weights and hyper-parameters."""
     torch.save(
         {
             "state_dict": module.state_dict(),
@@ -49,8 +92,3 @@ def test_a_checkpoint_carries_its_input_and_clean_up(tmp_path: Path) -> None:
         },
         path,
     )
-    loaded = load_segmenter(path)
-    assert context_of(loaded) == 1 and cleanup_of(loaded) == Cleanup("heart", 10, True)
-    assert flips_of(loaded) and open_segmenter(str(path), TrackingParams(), tmp_path).flips
-    image = torch.rand(2, 3, 32, 32)
-    assert torch.equal(loaded.eval()(image), module.eval()(image))

@@ -117,6 +117,20 @@ def test_augmentation_applies_to_training_batches_only() -> None:
     assert counter.calls == 2  # 8 slices, batches of 4
 
 
+def test_augmentation_leaves_the_fixed_channels_as_they_are() -> None:
+    strong = AugmentParams(rotate_deg=45.0, intensity_p=1.0, brightness=0.5, noise_std=0.1)
+    module = SegmentationModule(
+        build_segmenter("unet", TINY, in_channels=4), 4, augment=strong, fixed_channels=1
+    )
+    module.trainer = L.Trainer(accelerator="cpu", logger=False)
+    module.trainer.training = True
+    image = torch.rand(4, 4, 32, 32)
+    image[:, 3] = torch.tensor([0.0, 0.25, 0.5, 1.0])[:, None, None]
+    out, label = module.on_after_batch_transfer((image, torch.zeros(4, 32, 32)), 0)
+    assert out.shape == image.shape and label.shape == (4, 32, 32)
+    assert torch.equal(out[:, 3], image[:, 3]) and not torch.equal(out[:, :3], image[:, :3])
+
+
 def test_binary_sigmoid_mode_for_the_brain_study() -> None:
     module = SegmentationModule(build_segmenter("unet", TINY, num_classes=1), 1)
     assert module.monitor == "val_iou"
