@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seglab.data.store import SliceSet, image_context, load_split, neighbour_rows, save_split
+from seglab.data.store import (
+    SliceSet,
+    image_context,
+    input_channels,
+    load_split,
+    neighbour_rows,
+    save_split,
+)
 from seglab.errors import DataError
 
 
@@ -87,6 +94,13 @@ def test_the_place_in_the_stack_is_a_last_constant_channel() -> None:
     assert placed[:, 3].tolist() == [[[0.5] * 2] * 2, [[0.0] * 2] * 2, [[1.0] * 2] * 2]
     single = _volumes([("p1", 0)], count=1)
     assert image_context(single, 0, position=True)[:, 1].tolist() == [[[0.0] * 2] * 2]
+
+
+@pytest.mark.parametrize("context", [0, 1, 2])
+@pytest.mark.parametrize("position", [False, True])
+def test_input_channels_counts_what_image_context_builds(context: int, position: bool) -> None:
+    slices = _volumes([("p1", 1), ("p1", 0), ("p1", 2)])
+    assert image_context(slices, context, position).shape[1] == input_channels(context, position)
 
 
 def test_a_gap_or_a_repeated_slice_is_refused() -> None:

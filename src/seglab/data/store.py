@@ -107,6 +107,16 @@ def volume_rows(meta: pd.DataFrame, volume_keys: tuple[str, ...] = VOLUME_KEYS) 
     return [group.index.to_numpy() for _, group in groups]
 
 
+def input_channels(context: int, position: bool) -> int:
+    """The channels of :func:`image_context`'s output, so of a segmenter's input: the slice,
+    ``context`` neighbours on either side and, if ``position``, its place in its stack.
+
+    >>> input_channels(1, True)
+    4
+    """
+    return 1 + 2 * context + int(position)
+
+
 def image_context(slices: SliceSet, context: int, position: bool = False) -> np.ndarray:
     """float32 [N, 1 + 2 * context (+ 1), H, W]: each slice's image between its ``context``
     neighbours on either side in its volume (2.5D input), nearest first outwards: ``[z - c ..
@@ -122,7 +132,7 @@ def image_context(slices: SliceSet, context: int, position: bool = False) -> np.
            [1., 2., 0.]], dtype=float32)
     """
     image = np.asarray(slices.image, dtype=np.float32)
-    out = np.zeros((len(image), 1 + 2 * context, *image.shape[-2:]), dtype=np.float32)
+    out = np.zeros((len(image), input_channels(context, False), *image.shape[-2:]), np.float32)
     for channel, offset in enumerate(range(-context, context + 1)):
         rows = neighbour_rows(slices.meta, offset=offset) if offset else np.arange(len(image))
         inside = rows >= 0

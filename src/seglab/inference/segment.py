@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from seglab.config import SegmenterNetsParams, TrackingParams, TrainerParams
-from seglab.data.store import SliceSet, image_context, volume_rows
+from seglab.data.store import SliceSet, image_context, input_channels, volume_rows
 from seglab.errors import DataError
 from seglab.inference.postprocess import Cleanup
 from seglab.models.segmenters import build_segmenter
@@ -31,12 +31,6 @@ def image_tensor(slices: SliceSet, context: int = 0, position: bool = False) -> 
     its ``context`` neighbours on either side, then its place in the stack if ``position``
     (:func:`~seglab.data.store.image_context`)."""
     return torch.from_numpy(image_context(slices, context, position))
-
-
-def input_channels(context: int, position: bool) -> int:
-    """The input channels of a segmenter that sees ``context`` neighbours on either side and,
-    if ``position``, the slice's place in its stack."""
-    return 1 + 2 * context + int(position)
 
 
 #: Hyper-parameters the training stage keeps in a segmenter's checkpoint beside the module's own.

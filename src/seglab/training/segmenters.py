@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from seglab.config import SegmentersParams
 from seglab.data.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
+from seglab.data.store import input_channels
 from seglab.models.segmenters import build_segmenter
 from seglab.training.fit import seed
 from seglab.training.segmentation_module import SegmentationModule
@@ -21,12 +22,9 @@ def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
     net_params = getattr(params.nets, arch)
     train = params.train_for(arch)
     seed(train.trainer)
+    channels = input_channels(train.context_slices, train.slice_position)
     return SegmentationModule(
-        build_segmenter(
-            arch,
-            params.nets,
-            in_channels=1 + 2 * train.context_slices + int(train.slice_position),
-        ),
+        build_segmenter(arch, params.nets, in_channels=channels),
         NUM_LABELS,
         lr=train.lr,
         loss=train.loss,
