@@ -1,4 +1,5 @@
-"""What several test modules need: git and DVC in throwaway repositories, tiny network sizes."""
+"""What several test modules need: git and DVC in throwaway repositories, tiny network sizes,
+one-hot masks."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import torch
+from torch.nn import functional as F
+
 from seglab.config import (
     AttentionUnetParams,
+    NvaeParams,
     ResUNetParams,
     SegmenterNetsParams,
     SwinUnetrParams,
@@ -21,6 +27,24 @@ TINY = SegmenterNetsParams(
     attunet=AttentionUnetParams(channels=(4, 8, 16)),
     swinunetr=SwinUnetrParams(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
 )
+
+
+def tiny_nvae(**overrides: object) -> NvaeParams:
+    """An NVAE of two scales and a few channels (a forward pass in milliseconds), ``overrides``
+    on top."""
+    base: dict[str, object] = dict(
+        stem_channels=2,
+        preprocess_blocks=1,
+        groups_per_scale=(1, 1),
+        latent_channels=2,
+        beta=(1.0, 1.0),
+    )
+    return NvaeParams(**{**base, **overrides})
+
+
+def onehot(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """float ``[N, 4, H, W]`` one-hot masks of uint8 label maps ``[N, H, W]``."""
+    return F.one_hot(torch.as_tensor(labels).long(), 4).permute(0, 3, 1, 2).float()
 
 
 def git(root: Path, *args: str) -> str:

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
-from torch.nn import functional as F
+from tests.helpers import onehot, tiny_nvae
 
-from seglab.config import NvaeParams
 from seglab.data.labels import LV
 from seglab.data.phantom.masks import heart_masks
 from seglab.evaluation.nvae_report import (
@@ -17,7 +16,7 @@ from seglab.evaluation.nvae_report import (
     reconstruction_figure,
     samples_figure,
 )
-from seglab.inference.nvae import generate, input_labels, reconstruct
+from seglab.inference.nvae import generate
 from seglab.metrics.anatomy import check_slices
 from seglab.models.nvae import Nvae
 from seglab.training.nvae_module import NvaeModule
@@ -31,23 +30,9 @@ def hearts(n: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
     return heart_masks(n, size, seed)
 
 
-def onehot(labels: np.ndarray) -> torch.Tensor:
-    return F.one_hot(torch.from_numpy(labels).long(), 4).permute(0, 3, 1, 2).float()
-
-
-def tiny_params() -> NvaeParams:
-    return NvaeParams(
-        stem_channels=2,
-        preprocess_blocks=1,
-        groups_per_scale=(1, 1),
-        latent_channels=2,
-        beta=(1.0, 1.0),
-    )
-
-
 def tiny() -> Nvae:
     torch.manual_seed(0)
-    return Nvae(**tiny_params().network(), image_size=SIZE)
+    return Nvae(**tiny_nvae().network(), image_size=SIZE)
 
 
 def test_hearts_are_anatomically_valid() -> None:
@@ -103,45 +88,11 @@ def test_emptied_reconstructions_are_not_valid_and_counted_apart() -> None:
 
 def test_evaluate_without_samples_and_module_input() -> None:
     x = onehot(hearts(3))
-    module = NvaeModule(tiny_params(), SIZE)
+    module = NvaeModule(tiny_nvae(), SIZE)
     figures = evaluate_nvae(module, x, x, np.full((3, 2), 1.5))
     assert "sample_validity" not in figures and "samples" not in figures
     with pytest.raises(ValueError, match="no slices"):
         evaluate_nvae(module, x[:0], x[:0], SPACING)
-
-
-def test_reconstruct_is_the_posterior_mean() -> None:
-    x = onehot(hearts(5))
-    model = tiny().eval()
-    labels = reconstruct(model, x, batch_size=2)
-    assert labels.shape == (5, SIZE, SIZE) and labels.dtype == np.uint8
-    expected = model(x, sample=False).logits.argmax(1).numpy()
-    np.testing.assert_array_equal(labels, expected)
-    # the CPU's default batch (8) and channels-last weights give the same maps
-    model.to(memory_format=torch.channels_last)
-    np.testing.assert_array_equal(reconstruct(model, x), expected)
-
-
-def test_generate_is_seeded_and_leaves_the_global_rng() -> None:
-    model = tiny()
-    torch.manual_seed(123)
-    before = torch.rand(1)
-    torch.manual_seed(123)
-    a = generate(model, 5, seed=1, batch_size=2)
-    after = torch.rand(1)
-    assert torch.equal(before, after)
-    assert a.shape == (5, SIZE, SIZE) and a.dtype == np.uint8
-    assert np.array_equal(a, generate(model, 5, seed=1, batch_size=2))
-    assert not np.array_equal(a, generate(model, 5, seed=2, batch_size=2))
-
-
-def test_input_labels_takes_the_current_slice_of_a_trigram() -> None:
-    prev, cur, nxt = hearts(2, seed=1), hearts(2, seed=2), hearts(2, seed=3)
-    trigram = torch.cat([onehot(prev), onehot(cur), onehot(nxt)], dim=1)
-    np.testing.assert_array_equal(input_labels(trigram), cur)
-    np.testing.assert_array_equal(input_labels(onehot(cur)), cur)
-    with pytest.raises(ValueError, match="4k"):
-        input_labels(torch.zeros(1, 5, SIZE, SIZE))
 
 
 def test_reconstruction_figure_rows_columns_and_dice_titles() -> None:

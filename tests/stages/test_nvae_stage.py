@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from tests.helpers import tiny_nvae
 
 from seglab.cli import main
 from seglab.config import CardiacParams, NvaeParams, TrainerParams, load_params
@@ -44,15 +45,7 @@ def slice_set(n: int, size: int = SIZE, seed: int = 0, patients: int = 2) -> Sli
 
 
 def tiny_params(**overrides: object) -> NvaeParams:
-    base = dict(
-        stem_channels=2,
-        preprocess_blocks=1,
-        groups_per_scale=(1, 1),
-        latent_channels=2,
-        beta=(1.0, 1.0),
-        kl_warmup_steps=2,
-    )
-    return NvaeParams(**{**base, **overrides})
+    return tiny_nvae(**{"kl_warmup_steps": 2, **overrides})
 
 
 def trainer_params(**overrides: object) -> TrainerParams:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from tests.helpers import tiny_nvae
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -21,15 +22,8 @@ SIZE = 32
 
 
 def _params(**overrides: object) -> NvaeParams:
-    base = dict(
-        stem_channels=4,
-        preprocess_blocks=1,
-        groups_per_scale=(1, 1),
-        latent_channels=4,
-        beta=(1.0, 2.0),
-        kl_warmup_steps=10,
-    )
-    return NvaeParams(**{**base, **overrides})
+    base = dict(stem_channels=4, latent_channels=4, beta=(1.0, 2.0), kl_warmup_steps=10)
+    return tiny_nvae(**{**base, **overrides})
 
 
 def _loader(n: int = 8, batch: int = 4, seed: int = 0) -> DataLoader:

@@ -5,6 +5,8 @@ the posterior-mean reconstruction's logits out)."""
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +52,20 @@ def _network(model: Nvae | NvaeModule) -> Nvae:
     return model.model if isinstance(model, NvaeModule) else model
 
 
-def _device(net: Nvae, device: str | torch.device | None) -> torch.device:
-    return torch.device(device) if device is not None else next(net.parameters()).device
+@contextmanager
+def _evaluating(
+    model: Nvae | NvaeModule, device: str | torch.device | None, batch_size: int | None
+) -> Iterator[tuple[Nvae, torch.device, int]]:
+    """``model``'s network in eval mode on ``device`` (default: where it is) and the batch size
+    for it; the network's training mode comes back afterwards."""
+    net = _network(model)
+    dev = torch.device(device) if device is not None else next(net.parameters()).device
+    was_training = net.training
+    net.to(dev).eval()
+    try:
+        yield net, dev, batch_size or default_eval_batch(dev)
+    finally:
+        net.train(was_training)
 
 
 def _labels(masks: Tensor) -> np.ndarray:
@@ -78,17 +92,11 @@ def reconstruct(
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """uint8 ``[N, H, W]`` argmax labels decoded from the posterior means, in batches."""
-    net = _network(model)
-    dev, was_training = _device(net, device), net.training
-    batch_size = batch_size or default_eval_batch(dev)
-    net.to(dev).eval()
-    try:
+    with _evaluating(model, device, batch_size) as (net, dev, batch):
         parts = [
-            _labels(net.reconstruct(inputs[i : i + batch_size].to(dev).float()))
-            for i in range(0, len(inputs), batch_size)
+            _labels(net.reconstruct(inputs[i : i + batch].to(dev).float()))
+            for i in range(0, len(inputs), batch)
         ]
-    finally:
-        net.train(was_training)
     height, width = inputs.shape[-2:]
     return np.concatenate(parts) if parts else np.zeros((0, height, width), np.uint8)
 
@@ -104,19 +112,12 @@ def generate(
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """uint8 ``[n, H, W]`` masks decoded from the prior, seeded (the global RNG is untouched)."""
-    net = _network(model)
-    dev, was_training = _device(net, device), net.training
-    batch_size = batch_size or default_eval_batch(dev)
-    net.to(dev).eval()
-    fork = [dev.index or 0] if dev.type == "cuda" else []
-    try:
+    with _evaluating(model, device, batch_size) as (net, dev, batch):
+        fork = [dev.index or 0] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=fork):
             torch.manual_seed(seed)
             parts = [
-                _labels(net.sample(min(batch_size, n - i), temperature))
-                for i in range(0, n, batch_size)
+                _labels(net.sample(min(batch, n - i), temperature)) for i in range(0, n, batch)
             ]
-    finally:
-        net.train(was_training)
     size = net.image_size
     return np.concatenate(parts) if parts else np.zeros((0, size, size), np.uint8)

@@ -541,11 +541,30 @@ def _promote_one(
     raise SeglabError(f"{model}: the champion alias kept changing during the promotion; retry")
 
 
-def _check_options(min_delta: float, goal: str | None) -> None:
+def _options(
+    root: Path,
+    *,
+    metric: str | None,
+    goal: Goal | None,
+    min_delta: float,
+    dry_run: bool,
+    lock_timeout_s: float,
+    rules: PromotionParams,
+) -> dict[str, Any]:
+    """:func:`_promote_one`'s keywords, checked, that every decision of one call shares."""
     if not math.isfinite(min_delta) or min_delta < 0:
         raise ConfigError(f"min delta must be a finite number >= 0, not {min_delta}")
     if goal not in (None, "max", "min"):
         raise ConfigError(f"goal must be 'max' or 'min', not '{goal}'")
+    return {
+        "metric": metric,
+        "goal": goal,
+        "min_delta": min_delta,
+        "commit": git_commit(root) or "unknown",
+        "dry_run": dry_run,
+        "lock_timeout_s": lock_timeout_s,
+        "rules": rules,
+    }
 
 
 @contextmanager
@@ -591,21 +610,15 @@ def promote(
     MLflow run in :data:`PROMOTION_EXPERIMENT` carrying the lineage of the checkout that made
     it. ``dry_run`` decides and changes nothing (no run, no tag, no alias).
     """
-    _check_options(min_delta, goal)
     rules = rules or PromotionParams()
+    options = _options(
+        root, metric=metric, goal=goal, min_delta=min_delta, dry_run=dry_run,
+        lock_timeout_s=lock_timeout_s, rules=rules,
+    )  # fmt: skip
     client, uri = _client(tracking, root)
     _aliases(client, model)  # an unknown model is refused before any run is opened
-    metric = metric or default_metric(model)
-    goal = goal or metric_goal(metric)
-    options: dict[str, Any] = {
-        "metric": metric,
-        "goal": goal,
-        "min_delta": min_delta,
-        "commit": git_commit(root) or "unknown",
-        "dry_run": dry_run,
-        "lock_timeout_s": lock_timeout_s,
-        "rules": rules,
-    }
+    metric = options["metric"] = metric or default_metric(model)
+    goal = options["goal"] = goal or metric_goal(metric)
     if dry_run:
         return _promote_one(client, uri, model, version, run_id=None, **options)
     settings = {"model": model, "version": version or "default", "metric": metric, "goal": goal}
@@ -637,20 +650,14 @@ def promote_all(
     proceed: after ``dvc repro``, every comparable model fit to be champion has one (``rules``:
     see :func:`promote`).
     """
-    _check_options(min_delta, goal)
     rules = rules or PromotionParams()
+    options = _options(
+        root, metric=metric, goal=goal, min_delta=min_delta, dry_run=dry_run,
+        lock_timeout_s=lock_timeout_s, rules=rules,
+    )  # fmt: skip
     client, uri = _client(tracking, root)
     registered = (m.name for m in client.search_registered_models())
     models = sorted(name for name in registered if name.startswith(prefix))
-    options: dict[str, Any] = {
-        "metric": metric,
-        "goal": goal,
-        "min_delta": min_delta,
-        "commit": git_commit(root) or "unknown",
-        "dry_run": dry_run,
-        "lock_timeout_s": lock_timeout_s,
-        "rules": rules,
-    }
 
     def one(model: str, run_id: str | None) -> Decision | SeglabError:
         try:
