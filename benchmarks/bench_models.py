@@ -8,13 +8,15 @@ the wall time of an NVAE training to a validation Dice.
     uv run --frozen python benchmarks/bench_models.py --time-to-dice 0.949 --sizes full \\
         --data data/prepared/acdc --device cuda --precision bf16
 
-Models: the four ACDC segmenters at the sizes of params.yaml (``--sizes quick``: its top level;
-``full``: ``profiles.full``, the study's), built and trained as the segmenter stage does
-(``SegmentationModule``: Dice + cross-entropy, Adam); the NVAE with the study's hierarchy
-(groups 4,2,1, latent 20) at stem 4 and stem 64 (``nvae-stem64`` is heavy: left out by default
-on a CPU) and the context NVAE (12 input channels), trained with the study's objective
-(``NvaeModule.training_step``) and Adamax; the brain study's architectures (``lgg-<name>`` of
-pipelines/lgg/params.yaml, random init, 3 x size x size inputs at the brain params' size).
+Models: the four ACDC segmenters at the sizes and inputs of params.yaml (``--sizes quick``: its
+top level; ``cpu``: ``profiles.cpu``, the real-data profile, whose inputs add the neighbouring
+slices and the place in the stack as channels; ``full``: ``profiles.full``, the study's), built
+and trained as the segmenter stage does (``SegmentationModule``: Dice + cross-entropy, Adam);
+the NVAE with the study's hierarchy (groups 4,2,1, latent 20) at stem 4 and stem 64
+(``nvae-stem64`` is heavy: left out by default on a CPU) and the context NVAE (12 input
+channels), trained with the study's objective (``NvaeModule.training_step``) and Adamax; the
+brain study's architectures (``lgg-<name>`` of pipelines/lgg/params.yaml, random init, 3 x size
+x size inputs at the brain params' size).
 
 Throughput: ``--warmup`` untimed steps, then ``--steps`` timed ones on one batch of heart-like
 masks already on the device (the data pipeline is ``bench_data.py``'s; augmentation belongs to
@@ -53,7 +55,7 @@ from torch import Tensor
 
 from seglab.config import BrainParams, CardiacParams, NvaeParams, TrainerParams
 from seglab.data.acdcseg import nvae_tensors, onehot
-from seglab.data.store import load_split
+from seglab.data.store import input_channels, load_split
 from seglab.errors import SeglabError
 from seglab.models.segmenters import ARCHS, parameter_count, weights_mb
 from seglab.training import lgg as lgg_training
@@ -130,9 +132,11 @@ class Settings:
         return nullcontext()
 
 
-def _segmenter_batch(n: int, size: int) -> tuple[Tensor, Tensor]:
+def _segmenter_batch(n: int, size: int, channels: int = 1) -> tuple[Tensor, Tensor]:
+    """Heart-like masks and noisy images of them in every one of the network's ``channels``
+    (the slice, its neighbours, its place in the stack: :func:`input_channels`)."""
     label = common.heart_masks(n, size, seed=n)
-    image = label.float().unsqueeze(1) / 3 + 0.1 * torch.randn(n, 1, size, size)
+    image = label.float().unsqueeze(1) / 3 + 0.1 * torch.randn(n, channels, size, size)
     return image, label
 
 
@@ -149,6 +153,11 @@ def _nvae_batch(n: int, size: int, in_channels: int) -> tuple[Tensor, Tensor]:
     return (onehot(labels) if maps > 1 else target), target
 
 
+def _channels(cardiac: CardiacParams, arch: str) -> int:
+    train = cardiac.segmenters.train_for(arch)
+    return input_channels(train.context_slices, train.slice_position)
+
+
 def model_specs(cardiac: CardiacParams, brain: BrainParams) -> dict[str, ModelSpec]:
     """Every benchmarked model by name, at the sizes ``cardiac`` and ``brain`` hold."""
     size = cardiac.acdc.prepare.size
@@ -157,7 +166,7 @@ def model_specs(cardiac: CardiacParams, brain: BrainParams) -> dict[str, ModelSp
             arch,
             "segmenter",
             lambda arch=arch: new_module(arch, cardiac.segmenters),
-            lambda n: _segmenter_batch(n, size),
+            lambda n, arch=arch: _segmenter_batch(n, size, _channels(cardiac, arch)),
         )
         for arch in ARCHS
     }
@@ -405,8 +414,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sizes",
         default="quick",
-        choices=["quick", "full"],
-        help="segmenter and brain sizes: params' top level (quick) or profiles.full",
+        choices=["quick", "cpu", "full"],
+        help="segmenter and brain sizes and inputs: params' top level (quick) or a profile's",
     )
     parser.add_argument(
         "--batch-size", type=int, help="default: 4 on a CPU, 32 on a GPU (time-to-dice: params')"

@@ -159,6 +159,22 @@ def test_full_sizes_come_from_the_profile(scripts: dict[str, ModuleType]) -> Non
     assert {"unet", "swinunetr", "nvae-stem64", "nvae-context", "lgg-unet-resnet101"} <= set(specs)
 
 
+def test_segmenters_get_the_inputs_their_profile_gives_them(
+    scripts: dict[str, ModuleType],
+) -> None:
+    """At the cpu profile's sizes a segmenter sees its neighbours (and the ResUNet and UNet
+    their place in the stack): the benchmark's batch has the channels the network takes."""
+    common = sys.modules["common"]
+    cpu = common.params_at(ROOT / "params.yaml", CardiacParams, "cpu")
+    brain = common.params_at(ROOT / "pipelines/lgg/params.yaml", BrainParams, "cpu")
+    specs = scripts["bench_models"].model_specs(cpu, brain)
+    for arch, channels in {"unet": 4, "attunet": 3}.items():
+        images, labels = specs[arch].batch(2)
+        assert images.shape[1] == channels and labels.shape[0] == 2
+        module = specs[arch].build()
+        assert module.net(images[:, :, :64, :64]).shape[:2] == (2, 4)
+
+
 def test_unknown_model_is_one_line(
     scripts: dict[str, ModuleType], params: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
