@@ -1,15 +1,10 @@
-"""What several test modules need: git and DVC in throwaway repositories, tiny network sizes,
-one-hot masks."""
+"""What several test modules need: git and DVC in throwaway repositories, tiny network sizes."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 from pathlib import Path
-
-import numpy as np
-import torch
-from torch.nn import functional as F
 
 from seglab.config import (
     AttentionUnetParams,
@@ -40,11 +35,6 @@ def tiny_nvae(**overrides: object) -> NvaeParams:
         beta=(1.0, 1.0),
     )
     return NvaeParams(**{**base, **overrides})
-
-
-def onehot(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """float ``[N, 4, H, W]`` one-hot masks of uint8 label maps ``[N, H, W]``."""
-    return F.one_hot(torch.as_tensor(labels).long(), 4).permute(0, 3, 1, 2).float()
 
 
 def git(root: Path, *args: str) -> str:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
-from tests.helpers import onehot, tiny_nvae
+from tests.helpers import tiny_nvae
 
+from seglab.data.acdcseg import onehot
 from seglab.data.labels import LV
 from seglab.data.phantom.masks import heart_masks
 from seglab.evaluation.nvae_report import (

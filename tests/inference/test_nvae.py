@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.helpers import onehot, tiny_nvae
+from tests.helpers import tiny_nvae
 
+from seglab.data.acdcseg import onehot
 from seglab.data.phantom.masks import heart_masks
 from seglab.inference.nvae import generate, input_labels, reconstruct
 from seglab.models.nvae import Nvae
