@@ -322,13 +322,15 @@ class SegmenterNetsParams(Section):
 SegmenterArch = Literal[tuple(SegmenterNetsParams.model_fields)]  # type: ignore[valid-type]
 
 
-class SegmenterTrainParams(Section):
-    """How every segmenter is trained: MONAI Dice + cross-entropy, Adam at 1e-3 (the study's).
+class RecipeParams(Section):
+    """How a network is trained in the shared ``SegmentationModule`` (the cardiac segmenters and
+    the brain study's networks alike): MONAI Dice + cross-entropy, Adam at 1e-3 by default.
 
-    ``optimizer``, ``weight_decay``, ``schedule`` and ``warmup_epochs`` set the recipe: the
-    study's constant-rate Adam by default; ``adamw`` with a linear warm-up and a ``cosine`` or
-    ``poly`` (nnU-Net's, exponent 0.9) decay to zero over ``max_epochs`` reaches a given Dice in
-    far fewer epochs (benchmarks/README.md, time to Dice).
+    ``optimizer``, ``weight_decay``, ``schedule`` and ``warmup_epochs`` set the recipe: a
+    constant-rate Adam by default; ``adamw`` with a linear warm-up and a ``cosine`` or ``poly``
+    (nnU-Net's, exponent 0.9) decay to zero reaches a given Dice in far fewer epochs
+    (benchmarks/README.md, time to Dice). The decay ends with the training: at ``max_epochs``,
+    or at ``trainer.max_minutes`` when that comes first.
     """
 
     lr: float = Field(1e-3, gt=0)
@@ -338,6 +340,14 @@ class SegmenterTrainParams(Section):
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "cosine", "poly"] = "constant"
     warmup_epochs: float = Field(0.0, ge=0)
+    augment: AugmentParams = AugmentParams()
+    trainer: TrainerParams = TrainerParams()
+
+
+class SegmenterTrainParams(RecipeParams):
+    """How every segmenter is trained: the recipe, Adam at 1e-3 by default (the study's), and
+    what the network sees of the slice's volume."""
+
     # 2.5D input: this many neighbouring slices of the same volume on either side become extra
     # input channels (0: the slice alone, as in the study). Through-plane context tells a 2D
     # network whether it sits above the base or below the apex, where a structure should vanish.
@@ -345,8 +355,6 @@ class SegmenterTrainParams(Section):
     # The slice's place in its stack (0 at the first slice, 1 at the last) as one more input
     # channel: the slices above the base and below the apex look like heart but are unlabelled.
     slice_position: bool = False
-    augment: AugmentParams = AugmentParams()
-    trainer: TrainerParams = TrainerParams()
 
 
 class SegmentersParams(Section):
@@ -697,10 +705,11 @@ def split_arch_name(name: str) -> tuple[str, str]:
     return decoder, encoder
 
 
-class LggTrainParams(Section):
-    """How every architecture is trained: smp network, shared ``SegmentationModule`` in sigmoid
-    mode (Dice + BCE), Adam. Defaults are the original comparison's (lr 1e-4, batch 16, 30
-    epochs, early stopping after 5 epochs without a better validation IoU).
+class LggTrainParams(RecipeParams):
+    """How every architecture is trained: smp network, the shared ``SegmentationModule`` in
+    sigmoid mode (Dice + BCE) with the recipe's settings. Defaults are the original
+    comparison's (Adam at 1e-4, batch 16, 30 epochs, early stopping after 5 epochs without a
+    better validation IoU).
 
     ``encoder_weights`` null starts every encoder from random weights; ``imagenet`` loads the
     encoder's entry in ``weights_files`` (encoder name -> local state_dict file, e.g.
@@ -709,7 +718,6 @@ class LggTrainParams(Section):
     """
 
     lr: float = Field(1e-4, gt=0)
-    loss: Literal["dice_ce", "dice", "ce"] = "dice_ce"
     encoder_weights: Literal["imagenet"] | None = None
     weights_files: dict[str, str] = {}
     augment: AugmentParams = AugmentParams(enabled=False)

@@ -8,6 +8,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
 from tests.helpers import TINY
 from torch import nn
 
@@ -206,6 +207,27 @@ def test_warmup_then_decay_to_zero(schedule: str) -> None:
     assert factors[10] == 1.0 and factors[100] == 0.0
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))  # decays
     assert lr_factor(50, 100, 0, "constant") == 1.0
+
+
+def test_a_wall_time_budget_spent_first_ends_the_decay() -> None:
+    # Half the steps and a quarter of the minutes: the steps lead; then the minutes overtake.
+    assert lr_factor(60, 110, 10, "cosine", time_used=0.25) == pytest.approx(0.5)
+    assert lr_factor(60, 110, 10, "cosine", time_used=0.75) < lr_factor(60, 110, 10, "cosine")
+    assert lr_factor(11, 110, 10, "poly", time_used=1.0) == 0.0
+    assert lr_factor(5, 110, 10, "cosine", time_used=0.9) == pytest.approx(0.6)  # warm-up first
+    assert lr_factor(60, 110, 0, "constant", time_used=0.9) == 1.0
+
+
+def test_the_schedule_reads_the_trainers_clock_resumed_trainings_included() -> None:
+    module = SegmentationModule(
+        build_segmenter("unet", TINY), 4, lr=1e-2, schedule="cosine", warmup_epochs=0.0
+    )
+    trainer = _trainer(max_epochs=1000, max_time={"minutes": 2}, limit_val_batches=0)
+    timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
+    timer.load_state_dict({"time_elapsed": {"train": 60.0}})  # a resumed half of the budget
+    module.trainer = trainer
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-2 * 0.5, rel=1e-3)  # cos(pi/2)
 
 
 def test_adamw_with_a_per_step_schedule_is_what_the_trainer_steps() -> None:

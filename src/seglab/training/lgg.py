@@ -15,7 +15,7 @@ from seglab.data.store import SliceSet
 from seglab.errors import DataError
 from seglab.models.lgg import build_lgg_net
 from seglab.training.fit import seed
-from seglab.training.segmentation_module import SegmentationModule
+from seglab.training.segmentation_module import SegmentationModule, recipe_kwargs
 
 #: What checkpoints, early stopping and progress lines watch.
 MONITOR = "val_iou"
@@ -34,11 +34,9 @@ def new_module(name: str, params: LggArchsParams, weights: Path | None) -> Segme
     return SegmentationModule(
         build_lgg_net(name, weights_file=weights),
         1,
-        lr=params.train.lr,
-        loss=params.train.loss,
+        **recipe_kwargs(params.train),
         class_names={1: "tumour"},
         monitor=MONITOR,
-        augment=params.train.augment,
         hparams={"name": name, "decoder": decoder, "encoder": encoder},
     )
 

@@ -9,26 +9,28 @@ masks and segmentation-models-pytorch networks for the binary brain masks:
 
 Batches are ``(image [B, C, H, W], label)``. Loss: MONAI's Dice + cross-entropy (binary
 cross-entropy in sigmoid mode), or either term alone; Adam (or AdamW) at ``lr``, constant or
-with a linear warm-up and a cosine or polynomial decay per optimiser step. Logged per epoch:
-``train_loss``, ``val_loss``, ``val_accuracy`` (pixels) and, per foreground class, ``val_dice_<c>``
-and ``val_iou_<c>`` with ``val_dice_mean``/``val_iou_mean`` the mean of the class means
-(in sigmoid mode ``val_dice`` and ``val_iou``). A class absent from both the ground truth and the
-prediction of a slice is left out of that class's mean; a false positive counts as 0, as in
-:mod:`seglab.metrics.overlap`. Checkpointing and early stopping watch :attr:`monitor`.
+with a linear warm-up and a cosine or polynomial decay per optimiser step that ends with the
+training (its last epoch, or its wall-time budget when it has one and that comes first). Logged
+per epoch: ``train_loss``, ``val_loss``, ``val_accuracy`` (pixels) and, per foreground class,
+``val_dice_<c>`` and ``val_iou_<c>`` with ``val_dice_mean``/``val_iou_mean`` the mean of the
+class means (in sigmoid mode ``val_dice`` and ``val_iou``). A class absent from both the ground
+truth and the prediction of a slice is left out of that class's mean; a false positive counts
+as 0, as in :mod:`seglab.metrics.overlap`. Checkpointing and early stopping watch :attr:`monitor`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from monai.losses import DiceCELoss
 from torch import Tensor, nn
 
-from seglab.config import AugmentParams
+from seglab.config import AugmentParams, RecipeParams
 from seglab.training.augment import BatchAugment
 from seglab.training.scores import EpochOverlap
 
@@ -51,21 +53,52 @@ def flip_averaged_softmax(net: nn.Module, image: Tensor) -> Tensor:
     return total / len(FLIPS)
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: ScheduleName) -> float:
+def lr_factor(
+    step: int, total: int, warmup: int, schedule: ScheduleName, time_used: float = 0.0
+) -> float:
     """The learning-rate multiplier at optimiser ``step`` of ``total``: a linear warm-up from
     ``1 / warmup`` over ``warmup`` steps, then constant, cosine to 0 or poly (1 - t)^0.9 to 0.
+    The decay's progress ``t`` is the larger of the steps' and ``time_used``, the fraction of a
+    wall-time budget spent, so that it reaches 0 whichever ends the training first.
 
     >>> [round(lr_factor(s, 10, 2, "cosine"), 3) for s in (0, 1, 2, 6, 10)]
     [0.5, 1.0, 1.0, 0.5, 0.0]
+    >>> round(lr_factor(2, 10, 2, "cosine", time_used=0.5), 3)
+    0.5
     """
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    t = min(1.0, max((step - warmup) / max(1, total - warmup), time_used))
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * t))
     return (1.0 - t) ** 0.9
+
+
+def recipe_kwargs(recipe: RecipeParams) -> dict[str, Any]:
+    """The module's training settings from a recipe section (``segmenters.train`` of an
+    architecture, ``architectures.train``), as keyword arguments of :class:`SegmentationModule`."""
+    return {
+        "lr": recipe.lr,
+        "loss": recipe.loss,
+        "batch_dice": recipe.batch_dice,
+        "optimizer": recipe.optimizer,
+        "weight_decay": recipe.weight_decay,
+        "schedule": recipe.schedule,
+        "warmup_epochs": recipe.warmup_epochs,
+        "augment": recipe.augment,
+    }
+
+
+def _budget_used(trainer: L.Trainer) -> Callable[[], float]:
+    """The fraction of the trainer's wall-time budget (``max_time``) spent so far, as its timer
+    counts it (resumed trainings included); 0 without a budget."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
+    if timer is None or timer.time_remaining() is None:
+        return lambda: 0.0
+    budget = timer.time_elapsed() + timer.time_remaining()
+    return lambda: timer.time_elapsed() / budget
 
 
 class SegmentationModule(L.LightningModule):
@@ -167,15 +200,16 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """The optimiser, and a per-step schedule unless it is constant without warm-up (the
-        schedule's length comes from the Trainer)."""
+        schedule's length comes from the Trainer: its steps, or its wall-time budget)."""
         optimizer = self.optimizer()
         if self.schedule == "constant" and self.warmup_epochs == 0:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = total / max(1, self.trainer.max_epochs or 1)
         warmup = round(self.warmup_epochs * per_epoch)
+        used = _budget_used(self.trainer)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, total, warmup, self.schedule)
+            optimizer, lambda step: lr_factor(step, total, warmup, self.schedule, used())
         )
         return {
             "optimizer": optimizer,

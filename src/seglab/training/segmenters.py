@@ -9,7 +9,7 @@ from seglab.data.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
 from seglab.data.store import input_channels
 from seglab.models.segmenters import build_segmenter
 from seglab.training.fit import seed
-from seglab.training.segmentation_module import SegmentationModule
+from seglab.training.segmentation_module import SegmentationModule, recipe_kwargs
 
 CLASS_NAMES = dict(zip(STRUCTURE_LABELS, STRUCTURES, strict=True))
 #: What checkpoints, early stopping and progress lines watch.
@@ -26,16 +26,9 @@ def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
     return SegmentationModule(
         build_segmenter(arch, params.nets, in_channels=channels),
         NUM_LABELS,
-        lr=train.lr,
-        loss=train.loss,
-        batch_dice=train.batch_dice,
-        optimizer=train.optimizer,
-        weight_decay=train.weight_decay,
-        schedule=train.schedule,
-        warmup_epochs=train.warmup_epochs,
+        **recipe_kwargs(train),
         class_names=CLASS_NAMES,
         monitor=MONITOR,
-        augment=train.augment,
         fixed_channels=int(train.slice_position),
         hparams={
             "arch": arch,
