@@ -77,7 +77,7 @@ def collect(project: Path, params_file: str) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "budget_minutes": trainer.max_minutes,
         "threads": trainer.threads,
-        "lr": archs.train.lr,
+        **archs.train.settings(),
         "batch_size": trainer.batch_size,
         "encoder_weights": archs.train.encoder_weights or "random",
         "best": best,

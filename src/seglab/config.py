@@ -343,6 +343,11 @@ class RecipeParams(Section):
     augment: AugmentParams = AugmentParams()
     trainer: TrainerParams = TrainerParams()
 
+    def settings(self) -> dict[str, Any]:
+        """The optimiser, loss and schedule as plain values, recorded beside the results they
+        gave (augmentation and trainer settings are recorded apart)."""
+        return self.model_dump(include=set(RecipeParams.model_fields) - {"augment", "trainer"})
+
 
 class SegmenterTrainParams(RecipeParams):
     """How every segmenter is trained: the recipe, Adam at 1e-3 by default (the study's), and

@@ -349,3 +349,43 @@ def test_time_to_dice_reads_the_stages_curves(
     (tmp_path / "bad.csv").write_text("epoch,loss\n0,1\n")
     with pytest.raises(SystemExit, match="not a curves file"):
         ttd.main([str(tmp_path / "bad.csv")])
+
+
+def test_lgg_curves_compares_runs_network_by_network(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(BENCHMARKS))
+        curves = importlib.import_module("lgg_curves")
+    for run, ious in {
+        "old": [0.2, 0.5, 0.3, 0.3, 0.3, 0.3],
+        "new": [0.1, 0.3, 0.4, 0.5, 0.5, 0.6],
+    }.items():
+        for name in ("unet-resnet18", "fpn-resnet18"):
+            (tmp_path / run).mkdir(exist_ok=True)
+            frame = pd.DataFrame({"epoch": range(6), "seconds": np.arange(1, 7) * 60.0})
+            frame.assign(val_iou=ious).to_csv(tmp_path / run / f"{name}.curves.csv", index=False)
+    out = tmp_path / "curves.png"
+    rows = curves.main([f"old={tmp_path / 'old'}", f"new={tmp_path / 'new'}", "--out", str(out)])
+    unet_old, unet_new = rows[2], rows[3]  # networks in name order, runs in the given order
+    assert (unet_old["network"], unet_old["run"], unet_new["run"]) == (
+        "unet-resnet18",
+        "old",
+        "new",
+    )
+    assert unet_old["best_val_iou"] == 0.5 and unet_old["best_epoch"] == 2
+    assert unet_old["last5_val_iou"] == pytest.approx(0.34)
+    assert unet_new["best_val_iou"] == 0.6 and unet_new["best_epoch"] == 6
+    assert rows[-1] == {
+        "network": "mean",
+        "run": "new",
+        "best_val_iou": 0.6,
+        "last5_val_iou": pytest.approx(0.46),
+    }
+    assert out.stat().st_size > 0 and "| unet-resnet18 | new | 6 |" in capsys.readouterr().out
+    (tmp_path / "other").mkdir()
+    frame.assign(val_iou=0.1).to_csv(tmp_path / "other/linknet-resnet18.curves.csv", index=False)
+    with pytest.raises(SystemExit, match="different networks"):
+        curves.main([f"old={tmp_path / 'old'}", f"x={tmp_path / 'other'}"])
+    with pytest.raises(SystemExit, match="no \\*.curves.csv files"):
+        curves.main([f"empty={tmp_path / 'empty'}"])

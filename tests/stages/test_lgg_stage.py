@@ -171,6 +171,10 @@ def test_a_trained_architecture_is_logged_registered_and_promotable(
     assert result["epochs"] == 1 and result["epochs_to_best"] == 1
     assert result["params_count"] > 11_000_000 and 30 < result["model_mb"] < 60
     assert result["slices_per_second"] > 0 and result["train_seconds"] > 0
+    assert result["lr"] == params.architectures.train.lr and result["schedule"] == "constant"
+    curves = pd.read_csv(root / f"metrics/lgg/{ARCH}.curves.csv")  # the DVC plot
+    assert list(curves["epoch"]) == [0] and curves["seconds"].iloc[0] > 0
+    assert curves["val_iou"].iloc[0] == pytest.approx(run.data.metrics["val_iou"])
 
     # The figures are those of the stored checkpoint on the test split.
     test = load_split(root / "prepared/test.npz")

@@ -132,7 +132,7 @@ def test_metrics_go_into_the_given_run_and_the_run_stays_open(tmp_path: Path) ->
     )
     run = client.get_run(run_id)
     assert run.info.status == RunStatus.to_string(RunStatus.RUNNING)
-    for key in ("train_loss", "val_loss", "val_dice_mean", "val_dice_3"):
+    for key in ("train_loss", "val_loss", "val_dice_mean", "val_dice_3", "lr-Adam"):
         history = client.get_metric_history(run_id, key)
         assert len(history) == 2, key  # one value per epoch
     assert len(client.search_runs([experiment])) == 1  # no second run was opened

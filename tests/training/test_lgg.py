@@ -28,3 +28,12 @@ def test_the_networks_train_with_the_recipe_of_their_params() -> None:
     for key, value in {"lr": 2e-3, "schedule": "cosine", "warmup_epochs": 1.0,
                        "weight_decay": 1e-4, "name": "linknet-resnet18"}.items():  # fmt: skip
         assert module.hparams[key] == value, key
+    assert params.train.settings() == {
+        "lr": 2e-3,
+        "loss": "dice_ce",
+        "batch_dice": True,
+        "optimizer": "adamw",
+        "weight_decay": 1e-4,
+        "schedule": "cosine",
+        "warmup_epochs": 1.0,
+    }  # what the stage records beside the test figures

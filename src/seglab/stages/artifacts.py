@@ -65,3 +65,8 @@ def load_predictions(path: Path, test: SliceSet) -> dict[str, np.ndarray]:
 def lgg_metrics_path(params: LggArchsParams, name: str, root: Path) -> Path:
     """An LGG architecture's test figures: written by its training, read by the comparison."""
     return Path(root) / params.metrics / f"{name}.json"
+
+
+def lgg_curves_path(params: LggArchsParams, name: str, root: Path) -> Path:
+    """An LGG architecture's per-epoch training history (validation IoU against wall time)."""
+    return Path(root) / params.metrics / f"{name}.curves.csv"

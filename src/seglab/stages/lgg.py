@@ -10,7 +10,8 @@ test split (:mod:`seglab.evaluation.lgg_report`: IoU and Dice per slice and per 
 pixel accuracy, empty-mask slices apart, inference speed), recorded in one MLflow run named
 ``<name>`` of experiment ``lgg-architectures`` and registered as ``lgg-<name>`` with the
 evaluation tags ``seglab promote`` compares on. Outputs: ``<models>/<name>.ckpt``,
-``<metrics>/<name>.json``.
+``<metrics>/<name>.json`` and ``<metrics>/<name>.curves.csv`` (one row per epoch: validation IoU
+and losses against wall time, a DVC plot).
 
 ``compare``: every architecture's metrics file -> ``<report>/comparison.md`` and ``.csv`` and
 the figures (IoU vs training time, IoU vs parameters, model sizes), also logged as artifacts of
@@ -38,7 +39,12 @@ from seglab.evaluation.lgg_comparison import KEYS
 from seglab.evaluation.lgg_report import predict_timed, prediction_figure, summarize
 from seglab.io import write_record
 from seglab.models.segmenters import parameter_count, weights_mb
-from seglab.stages.artifacts import LGG_DATASET, LGG_EXPERIMENT, lgg_metrics_path
+from seglab.stages.artifacts import (
+    LGG_DATASET,
+    LGG_EXPERIMENT,
+    lgg_curves_path,
+    lgg_metrics_path,
+)
 from seglab.stages.common import work_folder
 from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, tracked_run
 from seglab.tracking.models import log_and_register
@@ -51,6 +57,7 @@ from seglab.training.fit import (
     inference_batch,
     resolve_precision,
 )
+from seglab.training.history import write_curves
 from seglab.training.lgg import MONITOR, image_tensor, load_lgg_model, new_module
 
 _AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -213,6 +220,7 @@ def train_lgg(
             tags={**evaluation_tags("test", data_md5), "arch": decoder, "encoder": encoder},
         )
         export_checkpoint(fitted.best_path, checkpoint_path(archs, name, root))
+        write_curves(fitted.history, lgg_curves_path(archs, name, root))
         result = {
             **figures,
             **costs,
@@ -224,7 +232,7 @@ def train_lgg(
             "device": _device_name(device),
             "max_epochs": trainer.max_epochs,
             "batch_size": trainer.batch_size,
-            "lr": archs.train.lr,
+            **archs.train.settings(),
             "limit_train_batches": trainer.limit_train_batches,
             "early_stopping_patience": trainer.early_stopping_patience,
             "train_slices": train_count,

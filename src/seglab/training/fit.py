@@ -30,7 +30,12 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -176,7 +181,8 @@ def fit(
     """Train ``module``, keeping ``best.ckpt``/``last.ckpt`` in ``checkpoint_dir``.
 
     With ``run_id`` (and the store's ``tracking_uri``), Lightning logs every metric into that
-    MLflow run. Early stopping on ``monitor`` when ``params.early_stopping_patience`` is set.
+    MLflow run, the learning rate of each epoch (``lr-<optimiser>``) included. Early stopping
+    on ``monitor`` when ``params.early_stopping_patience`` is set.
     ``callbacks`` (an Optuna pruner) are added as they are. ``progress_bar`` adds Lightning's
     bar to the one line per epoch that :class:`EpochHistory` prints.
     """
@@ -193,6 +199,8 @@ def fit(
     logger: Logger | bool = False
     if run_id is not None:
         logger = RunLogger(run_id=run_id, tracking_uri=tracking_uri, log_model=False)
+        # The learning rate of each epoch beside its scores: a schedule shows in the run.
+        all_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = make_trainer(
         params,
         callbacks=all_callbacks,
