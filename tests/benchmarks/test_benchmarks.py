@@ -63,6 +63,13 @@ def scripts() -> Iterator[dict[str, ModuleType]]:
         yield {name: importlib.import_module(name) for name in ("bench_models", "bench_data")}
 
 
+def _script(name: str) -> ModuleType:
+    """One benchmark script as a module (its folder first on the path, as when it is run)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(BENCHMARKS))
+        return importlib.import_module(name)
+
+
 @pytest.fixture
 def params(tmp_path: Path) -> list[str]:
     """``--params``/``--brain-params`` options naming tiny params files in ``tmp_path``."""
@@ -311,9 +318,7 @@ def test_table_and_metric_keys(scripts: dict[str, ModuleType]) -> None:
 def test_time_to_dice_reads_the_stages_curves(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(BENCHMARKS))
-        ttd = importlib.import_module("time_to_dice")
+    ttd = _script("time_to_dice")
     seconds = [10.0, 20.0, 60.0, 70.0]  # the third epoch ran on a busy machine
     fast = pd.DataFrame(
         {"epoch": range(4), "seconds": seconds, "val_dice_mean": [0.5, 0.86, 0.89, 0.88]}
@@ -354,9 +359,7 @@ def test_time_to_dice_reads_the_stages_curves(
 def test_lgg_curves_compares_runs_network_by_network(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(BENCHMARKS))
-        curves = importlib.import_module("lgg_curves")
+    curves = _script("lgg_curves")
     for run, ious in {
         "old": [0.2, 0.5, 0.3, 0.3, 0.3, 0.3],
         "new": [0.1, 0.3, 0.4, 0.5, 0.5, 0.6],
