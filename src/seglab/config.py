@@ -161,6 +161,10 @@ class TrainerParams(Section):
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
     seed: int = 0
     early_stopping_patience: int | None = Field(None, ge=1)
+    # The epoch a stage tests, exports and registers: the best validation score, or the last
+    # one, the end of a decaying schedule (nnU-Net's final checkpoint), where a validation split
+    # too small to choose among epochs would pick a noisy early peak.
+    keep: Literal["best", "last"] = "best"
     # Batches per training epoch: all (1.0), a fraction, or a count; for quick CPU runs.
     limit_train_batches: int | float = Field(1.0, gt=0)
     limit_val_batches: int | float = Field(1.0, gt=0)  # quick runs: a few val batches
@@ -343,10 +347,15 @@ class RecipeParams(Section):
     augment: AugmentParams = AugmentParams()
     trainer: TrainerParams = TrainerParams()
 
+    @classmethod
+    def setting_keys(cls) -> tuple[str, ...]:
+        """The keys of :meth:`settings`, in declaration order."""
+        return tuple(k for k in RecipeParams.model_fields if k not in ("augment", "trainer"))
+
     def settings(self) -> dict[str, Any]:
         """The optimiser, loss and schedule as plain values, recorded beside the results they
         gave (augmentation and trainer settings are recorded apart)."""
-        return self.model_dump(include=set(RecipeParams.model_fields) - {"augment", "trainer"})
+        return self.model_dump(include=set(self.setting_keys()))
 
 
 class SegmenterTrainParams(RecipeParams):

@@ -117,7 +117,7 @@ def test_train_resumes_from_last_checkpoint(tmp_path: Path) -> None:
         tiny_params(), trainer_params(), _data(), folder, callbacks=[StopAfterFirstEpoch()]
     )
     assert first.epochs == 1 and first.resumed_from is None and len(first.history) == 1
-    assert (folder / "last.ckpt").is_file() and first.best_path == folder / "best.ckpt"
+    assert (folder / "last.ckpt").is_file() and first.kept_path == folder / "best.ckpt"
 
     second = train_nvae_model(tiny_params(), trainer_params(), _data(), folder)
     assert second.resumed_from == folder / "last.ckpt"

@@ -62,6 +62,15 @@ def test_keeps_the_best_epoch_and_the_last(tmp_path: Path, monkeypatch: pytest.M
     best_epoch = torch.load(result.best_path, weights_only=False)["epoch"]
     assert best_epoch == log.scores.index(max(log.scores))
     assert result.train_seconds > 0
+    assert result.kept_path == result.best_path  # keep: best, the default
+
+
+def test_keep_last_names_the_last_epoch(tmp_path: Path) -> None:
+    # lr 0: the best epoch is the first, so the kept checkpoint differs from it only by the rule.
+    params = _params(max_epochs=2, keep="last")
+    result = fit(_module(lr=0.0), _data(), params, tmp_path, monitor="val_dice_mean")
+    assert result.kept_path == result.last_path == tmp_path / "last.ckpt"
+    assert torch.load(result.kept_path, weights_only=False)["epoch"] == 1
 
 
 def test_resumes_from_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

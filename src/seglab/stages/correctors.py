@@ -250,7 +250,7 @@ def train_corrector(
             },
         )
         export_checkpoint(
-            fitted.best_path,
+            fitted.kept_path,
             root / cfg.models / f"{variant}.ckpt",
             {GATE_KEY: chosen.model_dump(mode="json")},
         )

@@ -4,8 +4,9 @@
 ``train``: a segmentation-models-pytorch network (:mod:`seglab.models.lgg`) in the shared
 :class:`~seglab.training.segmentation_module.SegmentationModule` (sigmoid output, Dice + BCE,
 Adam) through the shared runner :func:`~seglab.training.fit.fit`: the epoch with the best
-validation IoU is kept, training stops after ``early_stopping_patience`` epochs without a better
-one, and mixed precision is used on a GPU (``precision: auto``). The best epoch is tested on the
+validation IoU is kept (or the last, ``trainer.keep``), training stops after
+``early_stopping_patience`` epochs without a better one, and mixed precision is used on a GPU
+(``precision: auto``). The kept epoch is tested on the
 test split (:mod:`seglab.evaluation.lgg_report`: IoU and Dice per slice and per patient volume,
 pixel accuracy, empty-mask slices apart, inference speed), recorded in one MLflow run named
 ``<name>`` of experiment ``lgg-architectures`` and registered as ``lgg-<name>`` with the
@@ -188,7 +189,7 @@ def train_lgg(
             drop_last=train_count % trainer.batch_size == 1 and train_count > 1,
         )
         fitted = fit(module, data, trainer, work, monitor=MONITOR, run_id=run_id, tracking_uri=uri)
-        best = load_lgg_model(fitted.best_path)
+        best = load_lgg_model(fitted.kept_path)
         test = splits["test"]
         device = eval_device(trainer)
         pred, speed = predict_timed(
@@ -219,7 +220,7 @@ def train_lgg(
             tensors["test"][0][:2].numpy(),
             tags={**evaluation_tags("test", data_md5), "arch": decoder, "encoder": encoder},
         )
-        export_checkpoint(fitted.best_path, checkpoint_path(archs, name, root))
+        export_checkpoint(fitted.kept_path, checkpoint_path(archs, name, root))
         write_curves(fitted.history, lgg_curves_path(archs, name, root))
         result = {
             **figures,
@@ -235,6 +236,7 @@ def train_lgg(
             **archs.train.settings(),
             "limit_train_batches": trainer.limit_train_batches,
             "early_stopping_patience": trainer.early_stopping_patience,
+            "keep": trainer.keep,
             "train_slices": train_count,
             "resumed_from": str(fitted.resumed_from) if fitted.resumed_from else None,
             "run_id": run_id,

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from seglab.config import BrainParams
+from seglab.config import BrainParams, RecipeParams
 from seglab.errors import DataError
 from seglab.evaluation.lgg_comparison import (
     COST_KEYS,
@@ -56,12 +56,8 @@ def _settings_line(results: list[dict[str, Any]]) -> str:
         "encoder_weights",
         "max_epochs",
         "batch_size",
-        "lr",
-        "optimizer",
-        "weight_decay",
-        "schedule",
-        "warmup_epochs",
-        "batch_dice",
+        *RecipeParams.setting_keys(),
+        "keep",
         "limit_train_batches",
         "early_stopping_patience",
         "train_slices",

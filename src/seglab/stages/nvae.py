@@ -198,7 +198,7 @@ def train_nvae(
             str(version.version),
             reason=f"trained by train_nvae ({run_name(model)})",
         )
-        export_checkpoint(fitted.best_path, root / cfg.models / CHECKPOINT)
+        export_checkpoint(fitted.kept_path, root / cfg.models / CHECKPOINT)
         result = {
             **figures,
             **timings,

@@ -257,7 +257,7 @@ def work(plan: Plan, worker: int = 0) -> int:
         metrics = {k: float(figures[k]) for k in KEYS if k in figures}
         timings = {**fitted.timings(), "epochs": float(fitted.epochs)}
         log_metrics({**metrics, **timings})
-        return TrialResult(metrics, timings, checkpoint=fitted.best_path)
+        return TrialResult(metrics, timings, checkpoint=fitted.kept_path)
 
     @contextmanager
     def open_run(

@@ -1,7 +1,8 @@
 """The segmenter stage: train one architecture on the prepared ACDC slices, and cross-predict
 the training patients for ACDCSeg (DVC ``train_segmenter@<arch>``, ``seglab train segmenter``).
 
-The final model trains on the train split, keeps the epoch with the best validation Dice, is
+The final model trains on the train split, keeps the epoch with the best validation Dice (or
+the last, ``trainer.keep``), is
 evaluated on the test split with ``seglab.metrics`` (Dice and HD95 per structure at the prepared
 pixel spacing, anatomical validity) and is recorded in one MLflow run named ``<arch>`` of
 experiment ``acdc-segmenters``; the network is registered as ``acdc-segmenter-<arch>``.
@@ -148,7 +149,7 @@ def _train(
         tracking_uri=tracking_uri,
         log_every_n_steps=1,  # the module logs per epoch only; this just silences the warning
     )
-    best = load_segmenter(result.best_path)
+    best = load_segmenter(result.kept_path)
     flips, cleanup, scores = choose_inference(best, splits["val"], trainer, seg)
     best.hparams.update(cleanup.hparams())
     log_metrics({f"val_dice_mean_postprocess_{key}": v for key, v in scores.items()})

@@ -52,6 +52,7 @@ class FitResult:
     best_path: Path  # checkpoint with the best monitored value
     best_score: float | None
     last_path: Path
+    kept_path: Path  # the one ``params.keep`` names: what a stage tests and exports
     epochs: int  # epochs completed, counting those before a resume
     train_seconds: float  # wall time of this call's training (not of earlier, resumed runs)
     resumed_from: Path | None
@@ -178,7 +179,8 @@ def fit(
     log_every_n_steps: int = 50,
     progress_bar: bool = False,
 ) -> FitResult:
-    """Train ``module``, keeping ``best.ckpt``/``last.ckpt`` in ``checkpoint_dir``.
+    """Train ``module``, keeping ``best.ckpt``/``last.ckpt`` in ``checkpoint_dir``; the result's
+    ``kept_path`` is the one ``params.keep`` names.
 
     With ``run_id`` (and the store's ``tracking_uri``), Lightning logs every metric into that
     MLflow run, the learning rate of each epoch (``lr-<optimiser>``) included. Early stopping
@@ -227,6 +229,7 @@ def fit(
         best_path=Path(checkpoint.best_model_path),
         best_score=float(score) if score is not None else None,
         last_path=last,
+        kept_path=Path(checkpoint.best_model_path) if params.keep == "best" else last,
         epochs=trainer.current_epoch,
         train_seconds=seconds,
         resumed_from=resumed_from,

@@ -28,8 +28,8 @@ from seglab.training.nvae_module import MONITOR, NvaeModule
 class NvaeFit:
     """What :func:`train_nvae_model` left behind."""
 
-    module: NvaeModule  # the lowest-val_loss epoch, on the CPU, in eval mode
-    best_path: Path
+    module: NvaeModule  # the kept epoch (lowest val_loss by default), on the CPU, in eval mode
+    kept_path: Path  # the checkpoint trainer.keep names (best validation loss by default)
     last_path: Path
     best_val_loss: float | None
     epochs: int  # epochs completed, counting those before a resume
@@ -109,11 +109,11 @@ def train_nvae_model(
         log_every_n_steps=log_every_n_steps,
         progress_bar=progress_bar,
     )
-    best = NvaeModule.load_from_checkpoint(fitted.best_path, map_location="cpu").eval()
+    best = NvaeModule.load_from_checkpoint(fitted.kept_path, map_location="cpu").eval()
     apply_speedups(best, trainer.channels_last, compile=False)  # evaluation runs in its format
     return NvaeFit(
         module=best,
-        best_path=fitted.best_path,
+        kept_path=fitted.kept_path,
         best_val_loss=fitted.best_score,
         last_path=fitted.last_path,
         epochs=fitted.epochs,

@@ -79,16 +79,7 @@ def lr_factor(
 def recipe_kwargs(recipe: RecipeParams) -> dict[str, Any]:
     """The module's training settings from a recipe section (``segmenters.train`` of an
     architecture, ``architectures.train``), as keyword arguments of :class:`SegmentationModule`."""
-    return {
-        "lr": recipe.lr,
-        "loss": recipe.loss,
-        "batch_dice": recipe.batch_dice,
-        "optimizer": recipe.optimizer,
-        "weight_decay": recipe.weight_decay,
-        "schedule": recipe.schedule,
-        "warmup_epochs": recipe.warmup_epochs,
-        "augment": recipe.augment,
-    }
+    return {**recipe.settings(), "augment": recipe.augment}
 
 
 def _budget_used(trainer: L.Trainer) -> Callable[[], float]:
