@@ -11,6 +11,7 @@ The run is a project folder where ``dvc repro pipelines/lgg/dvc.yaml`` ran on th
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 
 from seglab.config import BrainParams, load_params, split_arch_name
 from seglab.io import write_json
+from seglab.stages.artifacts import lgg_curves_path
 from seglab.tracking.runs import code_commit
 
 #: Buda et al. (2019): U-Net, 110 patients, 256 px, mean Dice per volume 82% (their best 84%).
@@ -56,6 +58,16 @@ def _trained_at(project: Path, params: BrainParams, name: str) -> str:
     return code_commit(params.tracking, project, run) or _commit(project)
 
 
+def _last_val_iou(path: Path) -> float | None:
+    """The last epoch's validation IoU in a curves file (None for runs made before the stage
+    wrote one): the kept epoch's with ``trainer.keep: last``."""
+    if not path.is_file():
+        return None
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return float(rows[-1]["val_iou"]) if rows else None
+
+
 def collect(project: Path, params_file: str) -> dict[str, Any]:
     params = load_params(project / params_file, BrainParams)
     archs = params.architectures
@@ -63,6 +75,7 @@ def collect(project: Path, params_file: str) -> dict[str, Any]:
     for name in archs.names:
         result = json.loads((project / archs.metrics / f"{name}.json").read_text())
         networks[name] = {key: result.get(key) for key in KEYS}
+        networks[name]["last_val_iou"] = _last_val_iou(lgg_curves_path(archs, name, project))
         networks[name]["commit"] = _trained_at(project, params, name)
     meta = json.loads((project / params.lgg.prepared / "meta.json").read_text())
     splits = meta.get("splits", {})
@@ -77,6 +90,7 @@ def collect(project: Path, params_file: str) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "budget_minutes": trainer.max_minutes,
         "threads": trainer.threads,
+        "keep": trainer.keep,
         **archs.train.settings(),
         "batch_size": trainer.batch_size,
         "encoder_weights": archs.train.encoder_weights or "random",

@@ -164,3 +164,13 @@ def test_an_lgg_row_names_the_code_that_trained_that_network(
     assert trained_at(outside_git, params, "unet-resnet18") == "a" * 40
     assert trained_at(outside_git, params, "unet-resnet101") == "b" * 40
     assert trained_at(outside_git, params, "fpn-resnet18") == "unknown"
+
+
+def test_an_lgg_row_reads_the_last_epochs_validation_iou(
+    scripts: dict[str, ModuleType], tmp_path: Path
+) -> None:
+    last_val_iou = scripts["summarize_real_lgg"]._last_val_iou
+    assert last_val_iou(tmp_path / "missing.curves.csv") is None  # runs before curves files
+    curves = tmp_path / "net.curves.csv"
+    curves.write_text("epoch,seconds,val_iou\n0,1.0,0.2\n1,2.0,0.5\n2,3.0,0.4\n")
+    assert last_val_iou(curves) == pytest.approx(0.4)
