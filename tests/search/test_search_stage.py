@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -17,8 +18,9 @@ from seglab.config import CardiacParams, NvaeParams, apply_profile, load_params
 from seglab.data.phantom.masks import heart_slices
 from seglab.data.store import SliceSet, save_split
 from seglab.models.nvae import KLDivergenceError
+from seglab.search.objective import CHECKPOINT_FILE_ATTR
 from seglab.search.storage import open_storage
-from seglab.stages.search import make_plan
+from seglab.stages.search import _clean, make_plan
 from seglab.training import nvae_fit
 
 SIZE = 64
@@ -209,3 +211,20 @@ def test_study_name_ignores_speed_settings_and_follows_what_a_trial_measures(
     assert name({"threads": 1, "channels_last": True, "compile": True}) == plain
     assert name({"limit_train_batches": 2}) != plain
     assert name({}, {"kl_warmup_steps": 7}) != plain
+
+
+@pytest.mark.parametrize("kept", ["best.ckpt", "last.ckpt"])
+def test_a_finished_search_keeps_only_the_best_trials_kept_checkpoint(
+    tmp_path: Path, kept: str
+) -> None:
+    """``trainer.keep: last`` registers the best trial's ``last.ckpt``: cleaning must keep it."""
+    for trial in ("trial-0", "trial-1"):
+        (tmp_path / trial).mkdir()
+        for name in ("best.ckpt", "last.ckpt"):
+            (tmp_path / trial / name).write_bytes(b"weights")
+    best = optuna.trial.create_trial(
+        value=0.9, user_attrs={CHECKPOINT_FILE_ATTR: str(tmp_path / "trial-1" / kept)}
+    )
+    _clean(SimpleNamespace(work=tmp_path), best)  # type: ignore[arg-type]
+    assert [p.name for p in tmp_path.iterdir()] == ["trial-1"]
+    assert [p.name for p in (tmp_path / "trial-1").iterdir()] == [kept]

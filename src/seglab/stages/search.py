@@ -548,14 +548,17 @@ def _register_best(
 
 
 def _clean(plan: Plan, best: optuna.trial.FrozenTrial | None) -> None:
-    """Remove this machine's trial folders, except the best trial's best checkpoint (it may be
-    registered again after the study grows); a finished trial is never resumed, so its
-    ``last.ckpt`` goes too (3.6 GB for one stem-64 NVAE)."""
+    """Remove this machine's trial folders, except the best trial's kept checkpoint (it may be
+    registered again after the study grows; ``best.ckpt``, or ``last.ckpt`` with ``keep:
+    last``); a finished trial is never resumed, so its other checkpoint goes too (3.6 GB for a
+    stem-64 NVAE's ``last.ckpt``)."""
     if not plan.work.is_dir():
         return
-    keep = Path(best.user_attrs.get(CHECKPOINT_FILE_ATTR, "")).parent if best is not None else None
+    kept = Path(best.user_attrs.get(CHECKPOINT_FILE_ATTR, "")) if best is not None else None
     for folder in plan.work.glob("trial-*"):
-        if keep is None or folder.resolve() != keep.resolve():
+        if kept is None or folder.resolve() != kept.parent.resolve():
             shutil.rmtree(folder, ignore_errors=True)
-        else:
-            (folder / "last.ckpt").unlink(missing_ok=True)
+            continue
+        for name in ("best.ckpt", "last.ckpt"):
+            if (folder / name).resolve() != kept.resolve():
+                (folder / name).unlink(missing_ok=True)
