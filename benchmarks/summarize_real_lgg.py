@@ -22,7 +22,6 @@ from typing import Any
 
 from seglab.config import BrainParams, load_params, split_arch_name
 from seglab.io import write_json
-from seglab.stages.artifacts import lgg_curves_path
 from seglab.tracking.runs import code_commit
 
 #: Buda et al. (2019): U-Net, 110 patients, 256 px, mean Dice per volume 82% (their best 84%).
@@ -73,9 +72,10 @@ def collect(project: Path, params_file: str) -> dict[str, Any]:
     archs = params.architectures
     networks: dict[str, dict[str, Any]] = {}
     for name in archs.names:
-        result = json.loads((project / archs.metrics / f"{name}.json").read_text())
+        metrics = project / archs.metrics
+        result = json.loads((metrics / f"{name}.json").read_text())
         networks[name] = {key: result.get(key) for key in KEYS}
-        networks[name]["last_val_iou"] = _last_val_iou(lgg_curves_path(archs, name, project))
+        networks[name]["last_val_iou"] = _last_val_iou(metrics / f"{name}.curves.csv")
         networks[name]["commit"] = _trained_at(project, params, name)
     meta = json.loads((project / params.lgg.prepared / "meta.json").read_text())
     splits = meta.get("splits", {})
