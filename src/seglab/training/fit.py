@@ -225,11 +225,12 @@ def fit(
     if trainer.world_size > 1:
         _distributed_fit_done(trainer)
     score = checkpoint.best_model_score
+    best = Path(checkpoint.best_model_path)
     return FitResult(
-        best_path=Path(checkpoint.best_model_path),
+        best_path=best,
         best_score=float(score) if score is not None else None,
         last_path=last,
-        kept_path=Path(checkpoint.best_model_path) if params.keep == "best" else last,
+        kept_path=best if params.keep == "best" else last,
         epochs=trainer.current_epoch,
         train_seconds=seconds,
         resumed_from=resumed_from,
