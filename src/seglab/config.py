@@ -165,6 +165,10 @@ class TrainerParams(Section):
     # one, the end of a decaying schedule (nnU-Net's final checkpoint), where a validation split
     # too small to choose among epochs would pick a noisy early peak.
     keep: Literal["best", "last"] = "best"
+    # An exponential moving average of the weights (Lightning's EMAWeightAveraging, updated
+    # every step): validation, the checkpoints and so every later stage use the averaged
+    # weights, which smooth out the last noisy steps of small-batch training. null: off.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     # Batches per training epoch: all (1.0), a fraction, or a count; for quick CPU runs.
     limit_train_batches: int | float = Field(1.0, gt=0)
     limit_val_batches: int | float = Field(1.0, gt=0)  # quick runs: a few val batches

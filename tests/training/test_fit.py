@@ -73,6 +73,43 @@ def test_keep_last_names_the_last_epoch(tmp_path: Path) -> None:
     assert torch.load(result.kept_path, weights_only=False)["epoch"] == 1
 
 
+def test_weight_averaging_checkpoints_hold_the_weights_their_score_was_measured_with(
+    tmp_path: Path,
+) -> None:
+    result = fit(
+        _module(), _data(), _params(max_epochs=3, ema_decay=0.5), tmp_path, monitor="val_dice_mean"
+    )
+    best = torch.load(result.best_path, weights_only=False)
+    raw, averaged = best["current_model_state"], best["state_dict"]
+    assert any(not torch.equal(raw[k], averaged[k]) for k in averaged)  # two sets of weights
+    module = _module()
+    module.load_state_dict(averaged)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    score = trainer.validate(module, datamodule=_data(), verbose=False)[0]["val_dice_mean"]
+    assert score == pytest.approx(result.best_score)
+
+
+def test_weight_averaging_resumes_where_it_stopped(tmp_path: Path) -> None:
+    # Two batches per epoch: the average of an uninterrupted 3-epoch fit counts 6 steps; a
+    # resume that started a fresh average would count only the 4 steps after the cut.
+    params = _params(max_epochs=3, ema_decay=0.5)
+    whole = fit(_module(), _data(), params, tmp_path / "whole", monitor="val_dice_mean")
+    fit(
+        _module(),
+        _data(),
+        _params(max_epochs=1, ema_decay=0.5),
+        tmp_path / "cut",
+        monitor="val_dice_mean",
+    )
+    resumed = fit(_module(), _data(), params, tmp_path / "cut", monitor="val_dice_mean")
+    assert resumed.resumed_from is not None
+    steps = [
+        torch.load(r.last_path, weights_only=False)["averaging_state"]["n_averaged"]
+        for r in (whole, resumed)
+    ]
+    assert steps == [6, 6]
+
+
 def test_resumes_from_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fit(_module(), _data(), _params(max_epochs=1), tmp_path, monitor="val_dice_mean")
     log = EpochLog()

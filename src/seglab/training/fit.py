@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
+    EMAWeightAveraging,
     LearningRateMonitor,
     ModelCheckpoint,
 )
@@ -191,9 +192,12 @@ def fit(
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     seed(params)
-    checkpoint, last_checkpoint = _checkpoints(checkpoint_dir, monitor, mode)
+    ema = params.ema_decay is not None
+    checkpoint, last_checkpoint = _checkpoints(checkpoint_dir, monitor, mode, weights_only=not ema)
     history = EpochHistory(monitor, mode)
     all_callbacks: list[Callback] = [checkpoint, last_checkpoint, history, *callbacks]
+    if ema:
+        all_callbacks.append(EMAWeightAveraging(decay=params.ema_decay))
     if params.early_stopping_patience is not None:
         all_callbacks.append(
             EarlyStopping(monitor=monitor, mode=mode, patience=params.early_stopping_patience)
@@ -239,18 +243,21 @@ def fit(
 
 
 def _checkpoints(
-    folder: Path, monitor: str, mode: Literal["min", "max"]
+    folder: Path, monitor: str, mode: Literal["min", "max"], weights_only: bool = True
 ) -> tuple[ModelCheckpoint, ModelCheckpoint]:
     """``best.ckpt``, weights only (what evaluation and export read), and ``last.ckpt``, the full
     state of every epoch (what a resume needs). Two callbacks: since Lightning 2.6,
     ``save_last=True`` writes ``last.ckpt`` only in the epochs whose top-k checkpoint was saved,
-    so a killed run would resume from its best epoch and train the epochs after it again."""
+    so a killed run would resume from its best epoch and train the epochs after it again.
+    ``weights_only=False`` for weight averaging: Lightning skips the callbacks' checkpoint hooks
+    in a weights-only save, so ``best.ckpt`` would hold the raw weights, not the averaged ones
+    its score was measured with."""
     best = ModelCheckpoint(
         dirpath=folder,
         filename="best",
         monitor=monitor,
         mode=mode,
-        save_weights_only=True,
+        save_weights_only=weights_only,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
