@@ -71,8 +71,8 @@ def collect(project: Path, params_file: str) -> dict[str, Any]:
     params = load_params(project / params_file, BrainParams)
     archs = params.architectures
     networks: dict[str, dict[str, Any]] = {}
+    metrics = project / archs.metrics
     for name in archs.names:
-        metrics = project / archs.metrics
         result = json.loads((metrics / f"{name}.json").read_text())
         networks[name] = {key: result.get(key) for key in KEYS}
         networks[name]["last_val_iou"] = _last_val_iou(metrics / f"{name}.curves.csv")
