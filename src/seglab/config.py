@@ -337,14 +337,15 @@ class RecipeParams(Section):
     ``optimizer``, ``weight_decay``, ``schedule`` and ``warmup_epochs`` set the recipe: a
     constant-rate Adam by default; ``adamw`` with a linear warm-up and a ``cosine`` or ``poly``
     (nnU-Net's, exponent 0.9) decay to zero reaches a given Dice in far fewer epochs
-    (benchmarks/README.md, time to Dice). The decay ends with the training: at ``max_epochs``,
+    (benchmarks/README.md, time to Dice); ``sgd`` is nnU-Net's optimiser (Nesterov momentum
+    0.99; with ``poly`` and ``lr: 1.0e-2``, its whole recipe). The decay ends with the training: at ``max_epochs``,
     or at ``trainer.max_minutes`` when that comes first.
     """
 
     lr: float = Field(1e-3, gt=0)
     loss: Literal["dice_ce", "dice", "ce"] = "dice_ce"
     batch_dice: bool = False  # the Dice term over the whole batch, not per slice (nnU-Net 2D)
-    optimizer: Literal["adam", "adamw"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "cosine", "poly"] = "constant"
     warmup_epochs: float = Field(0.0, ge=0)

@@ -249,6 +249,23 @@ def test_adamw_with_a_per_step_schedule_is_what_the_trainer_steps() -> None:
     assert module.hparams["schedule"] == "cosine" and module.hparams["optimizer"] == "adamw"
 
 
+def test_sgd_is_nnunets_nesterov_momentum_under_its_poly_decay() -> None:
+    module = SegmentationModule(
+        build_segmenter("unet", TINY),
+        4,
+        lr=1e-2,
+        optimizer="sgd",
+        weight_decay=3e-5,
+        schedule="poly",
+    )
+    trainer = _trainer(max_epochs=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=_data())
+    group = trainer.optimizers[0].param_groups[0]
+    assert isinstance(trainer.optimizers[0], torch.optim.SGD)
+    assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.99, True, 3e-5)
+    assert group["lr"] == pytest.approx(0.0, abs=1e-12)  # (1 - t)^0.9 ends at zero
+
+
 def test_batch_dice_penalises_a_structure_predicted_where_a_slice_has_none() -> None:
     """Per slice, the structure's own Dice term is saturated on a slice without it (only the
     background's term pushes a false positive back); pooled over the batch it pushes too."""

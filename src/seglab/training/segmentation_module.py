@@ -35,7 +35,7 @@ from seglab.training.augment import BatchAugment
 from seglab.training.scores import EpochOverlap
 
 LossName = Literal["dice_ce", "dice", "ce"]
-OptimizerName = Literal["adam", "adamw"]
+OptimizerName = Literal["adam", "adamw", "sgd"]
 ScheduleName = Literal["constant", "cosine", "poly"]
 
 
@@ -185,7 +185,16 @@ class SegmentationModule(L.LightningModule):
         return self.net(image)
 
     def optimizer(self) -> torch.optim.Optimizer:
-        """The optimiser alone (Adam or AdamW at ``lr``), e.g. for a loop without a Trainer."""
+        """The optimiser alone at ``lr``, e.g. for a loop without a Trainer: Adam, AdamW, or
+        nnU-Net's SGD (Nesterov momentum 0.99, its fixed choice beside a poly decay from 1e-2)."""
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(
+                self.parameters(),
+                lr=self.lr,
+                momentum=0.99,
+                nesterov=True,
+                weight_decay=self.weight_decay,
+            )
         kind = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
         return kind(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
