@@ -338,8 +338,8 @@ class RecipeParams(Section):
     constant-rate Adam by default; ``adamw`` with a linear warm-up and a ``cosine`` or ``poly``
     (nnU-Net's, exponent 0.9) decay to zero reaches a given Dice in far fewer epochs
     (benchmarks/README.md, time to Dice); ``sgd`` is nnU-Net's optimiser (Nesterov momentum
-    0.99; with ``poly`` and ``lr: 1.0e-2``, its whole recipe). The decay ends with the training: at ``max_epochs``,
-    or at ``trainer.max_minutes`` when that comes first.
+    0.99; with ``poly`` and ``lr: 1.0e-2``, its whole recipe). The decay ends with the
+    training: at ``max_epochs``, or at ``trainer.max_minutes`` when that comes first.
     """
 
     lr: float = Field(1e-3, gt=0)
