@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, flo
         f"{'arch':<10} {'split':<5} {'strict':>7} {'gt_present':>10} {'volume':>7} {'FP slices':>9}"
     )
     for arch in params.segmenters.archs:
-        module = load_segmenter(args.project / params.segmenters.models / f"{arch}.ckpt")
+        module = load_segmenter(params.segmenters.checkpoint_path(arch, args.project))
         for split in args.splits:
             slices = load_split(args.project / params.acdc.prepared / f"{split}.npz")
             row = conventions(predict_labels(module, slices, trainer), slices)

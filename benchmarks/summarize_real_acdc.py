@@ -149,7 +149,7 @@ def collect(
     segmenters: dict[str, Any] = {}
     for arch in params.segmenters.archs:
         folder, run = (elsewhere or {}).get(arch, (project, params))
-        figures = _read(folder / run.segmenters.metrics / f"{arch}.json")
+        figures = _read(run.segmenters.metrics_path(arch, folder))
         # The metrics files are tracked in git (the quick profile's): without the checkpoint
         # this run trained, the file is not this run's.
         if figures is None or not run.segmenters.checkpoint_path(arch, folder).is_file():
@@ -164,7 +164,7 @@ def collect(
         }
     correctors: dict[str, Any] = {}
     for variant in params.correctors.variants:
-        figures = _read(project / params.correctors.metrics / f"{variant}.json")
+        figures = _read(params.correctors.metrics_path(variant, project))
         if (
             figures is None
             or not (project / params.correctors.predictions / f"{variant}.npz").is_file()
@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     curves = []
     for arch in summary["segmenters"]:
         folder, run = elsewhere.get(arch, (project, params))
-        source = folder / run.segmenters.metrics / f"{arch}.curves.csv"
+        source = run.segmenters.curves_path(arch, folder)
         # a tracked quick-profile file is not this run's (as in collect: no checkpoint)
         if source.is_file() and run.segmenters.checkpoint_path(arch, folder).is_file():
             shutil.copy(source, out / "curves" / source.name)

@@ -71,11 +71,10 @@ def collect(project: Path, params_file: str) -> dict[str, Any]:
     params = load_params(project / params_file, BrainParams)
     archs = params.architectures
     networks: dict[str, dict[str, Any]] = {}
-    metrics = project / archs.metrics
     for name in archs.names:
-        result = json.loads((metrics / f"{name}.json").read_text())
+        result = json.loads(archs.metrics_path(name, project).read_text())
         networks[name] = {key: result.get(key) for key in KEYS}
-        networks[name]["last_val_iou"] = _last_val_iou(metrics / f"{name}.curves.csv")
+        networks[name]["last_val_iou"] = _last_val_iou(archs.curves_path(name, project))
         networks[name]["commit"] = _trained_at(project, params, name)
     meta = json.loads((project / params.lgg.prepared / "meta.json").read_text())
     splits = meta.get("splits", {})

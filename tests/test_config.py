@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from seglab.config import (
     BrainParams,
     CardiacParams,
+    NamedOutputs,
     NvaeParams,
     SegmentersParams,
     flatten,
@@ -24,6 +25,41 @@ def test_project_params_files_validate() -> None:
     assert cardiac.acdc.prepare.size == 128
     brain = load_params(ROOT / "pipelines/lgg/params.yaml", BrainParams)
     assert brain.lgg.raw
+
+
+def _declared_files(pipeline: Path, stage: str, section: str, fields: NamedOutputs) -> set[str]:
+    """The files a DVC ``foreach`` stage declares (outs, metrics, plots), for item ``x``."""
+    declared = yaml.safe_load(pipeline.read_text())["stages"][stage]["do"]
+    files = set()
+    for kind in ("outs", "metrics", "plots"):
+        for entry in declared.get(kind, []):
+            path = entry if isinstance(entry, str) else next(iter(entry))
+            for field in ("models", "metrics"):
+                path = path.replace(f"${{{section}.{field}}}", getattr(fields, field))
+            files.add(path.replace("${item}", "x"))
+    return files
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "stage", "section"),
+    [
+        ("dvc.yaml", "train_segmenter", "segmenters"),
+        ("dvc.yaml", "train_corrector", "correctors"),
+        ("pipelines/lgg/dvc.yaml", "train", "architectures"),
+    ],
+)
+def test_named_outputs_are_files_the_dvc_stage_declares(
+    pipeline: str, stage: str, section: str
+) -> None:
+    """The paths the stages write and the benchmarks read are the ones DVC tracks."""
+    model = CardiacParams if pipeline == "dvc.yaml" else BrainParams
+    params = load_params((ROOT / pipeline).with_name("params.yaml"), model)
+    outputs = getattr(params, section)
+    declared = _declared_files(ROOT / pipeline, stage, section, outputs)
+    named = {outputs.checkpoint_path("x", Path()), outputs.metrics_path("x", Path())}
+    if stage != "train_corrector":  # the correctors keep no per-epoch curves
+        named.add(outputs.curves_path("x", Path()))
+    assert {str(p) for p in named} <= declared
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:

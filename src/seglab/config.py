@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -29,6 +29,29 @@ class Section(BaseModel):
     """Base for every params section: unknown keys are an error, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _HasOutputFolders(Protocol):
+    models: str
+    metrics: str
+
+
+class NamedOutputs:
+    """The files of one trained model of a section with ``models`` and ``metrics`` folders,
+    named here once: the stage that trains writes them, later stages and the benchmarks read
+    them."""
+
+    def checkpoint_path(self: _HasOutputFolders, name: str, root: Path) -> Path:
+        """``<models>/<name>.ckpt``: the kept weights."""
+        return Path(root) / self.models / f"{name}.ckpt"
+
+    def metrics_path(self: _HasOutputFolders, name: str, root: Path) -> Path:
+        """``<metrics>/<name>.json``: the test figures, timings, run and model version."""
+        return Path(root) / self.metrics / f"{name}.json"
+
+    def curves_path(self: _HasOutputFolders, name: str, root: Path) -> Path:
+        """``<metrics>/<name>.curves.csv``: one row per epoch of the kept training."""
+        return Path(root) / self.metrics / f"{name}.curves.csv"
 
 
 class SplitParams(Section):
@@ -376,7 +399,7 @@ class SegmenterTrainParams(RecipeParams):
     slice_position: bool = False
 
 
-class SegmentersParams(Section):
+class SegmentersParams(Section, NamedOutputs):
     """The four ACDC segmenters: which to train, their sizes, training, and where outputs go."""
 
     archs: tuple[SegmenterArch, ...] = tuple(SegmenterNetsParams.model_fields)
@@ -414,10 +437,6 @@ class SegmentersParams(Section):
             return self.train
         merged = merge_mappings(self.train.model_dump(mode="json"), override)
         return SegmenterTrainParams.model_validate(merged)
-
-    def checkpoint_path(self, arch: str, root: Path) -> Path:
-        """Where ``arch``'s trained weights live (the segmenter stage writes, later ones read)."""
-        return Path(root) / self.models / f"{arch}.ckpt"
 
     def crossfit_path(self, arch: str, root: Path) -> Path:
         """Where ``arch``'s predictions of the train split (ACDCSeg's train rows) live."""
@@ -558,7 +577,7 @@ class GateParams(Section):
         return "_or_".join(tests) or "nothing"
 
 
-class CorrectorsParams(Section):
+class CorrectorsParams(Section, NamedOutputs):
     """The correction study's correctors (DVC stage ``train_corrector@<variant>``, MLflow
     experiment ``acdc-correctors``, registered as ``acdc-nvae-corrector`` and
     ``acdc-nvae-context``). Each is trained on ACDCSeg's train split, selected on val, and
@@ -743,7 +762,7 @@ class LggTrainParams(RecipeParams):
     trainer: TrainerParams = TrainerParams(max_epochs=30, batch_size=16, early_stopping_patience=5)
 
 
-class LggArchsParams(Section):
+class LggArchsParams(Section, NamedOutputs):
     """The architecture comparison (DVC stages ``train@<name>`` and ``compare``, MLflow
     experiment ``lgg-architectures``, each registered as ``lgg-<name>``)."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.config import CardiacParams, LggArchsParams
+from seglab.config import CardiacParams
 from seglab.data.store import SliceSet, load_splits, read_npz
 from seglab.errors import DataError
 
@@ -60,13 +60,3 @@ def load_predictions(path: Path, test: SliceSet) -> dict[str, np.ndarray]:
         ):
             raise DataError(path, f"rows do not match ACDCSeg's test split ({key} differs)")
     return arrays
-
-
-def lgg_metrics_path(params: LggArchsParams, name: str, root: Path) -> Path:
-    """An LGG architecture's test figures: written by its training, read by the comparison."""
-    return Path(root) / params.metrics / f"{name}.json"
-
-
-def lgg_curves_path(params: LggArchsParams, name: str, root: Path) -> Path:
-    """An LGG architecture's per-epoch training history (validation IoU against wall time)."""
-    return Path(root) / params.metrics / f"{name}.curves.csv"

@@ -251,7 +251,7 @@ def train_corrector(
         )
         export_checkpoint(
             fitted.kept_path,
-            root / cfg.models / f"{variant}.ckpt",
+            cfg.checkpoint_path(variant, root),
             {GATE_KEY: chosen.model_dump(mode="json")},
         )
         result = {
@@ -265,6 +265,6 @@ def train_corrector(
             "registered_model": kind.registered,
             "model_version": str(version.version),
         }
-        write_record(root / cfg.metrics / f"{variant}.json", result)
+        write_record(cfg.metrics_path(variant, root), result)
     shutil.rmtree(work, ignore_errors=True)
     return result

@@ -40,12 +40,7 @@ from seglab.evaluation.lgg_comparison import KEYS
 from seglab.evaluation.lgg_report import predict_timed, prediction_figure, summarize
 from seglab.io import write_record
 from seglab.models.segmenters import parameter_count, weights_mb
-from seglab.stages.artifacts import (
-    LGG_DATASET,
-    LGG_EXPERIMENT,
-    lgg_curves_path,
-    lgg_metrics_path,
-)
+from seglab.stages.artifacts import LGG_DATASET, LGG_EXPERIMENT
 from seglab.stages.common import work_folder
 from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, tracked_run
 from seglab.tracking.models import log_and_register
@@ -67,10 +62,6 @@ _AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 def registered_name(name: str) -> str:
     """``lgg-<decoder>-<encoder>``, the registry name of an architecture."""
     return f"lgg-{name}"
-
-
-def checkpoint_path(params: LggArchsParams, name: str, root: Path) -> Path:
-    return Path(root) / params.models / f"{name}.ckpt"
 
 
 def _check_name(params: LggArchsParams, name: str) -> None:
@@ -220,8 +211,8 @@ def train_lgg(
             tensors["test"][0][:2].numpy(),
             tags={**evaluation_tags("test", data_md5), "arch": decoder, "encoder": encoder},
         )
-        export_checkpoint(fitted.kept_path, checkpoint_path(archs, name, root))
-        write_curves(fitted.history, lgg_curves_path(archs, name, root))
+        export_checkpoint(fitted.kept_path, archs.checkpoint_path(name, root))
+        write_curves(fitted.history, archs.curves_path(name, root))
         result = {
             **figures,
             **costs,
@@ -243,6 +234,6 @@ def train_lgg(
             "registered_model": registered_name(name),
             "model_version": str(version.version),
         }
-        write_record(lgg_metrics_path(archs, name, root), result)
+        write_record(archs.metrics_path(name, root), result)
     shutil.rmtree(work, ignore_errors=True)
     return result

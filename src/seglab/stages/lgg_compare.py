@@ -21,7 +21,7 @@ from seglab.evaluation.lgg_comparison import (
     model_size_figure,
 )
 from seglab.io import atomic_dir
-from seglab.stages.artifacts import LGG_DATASET, LGG_EXPERIMENT, lgg_metrics_path
+from seglab.stages.artifacts import LGG_DATASET, LGG_EXPERIMENT
 from seglab.tracking import log_artifact, tracked_run
 
 COMPARISON_RUN = "comparison"
@@ -75,7 +75,7 @@ def compare_lgg(
     """Table (markdown + CSV) and figures over every architecture; returns the markdown."""
     archs = params.architectures
     root = Path(root)
-    results = [_read_result(lgg_metrics_path(archs, name, root)) for name in archs.names]
+    results = [_read_result(archs.metrics_path(name, root)) for name in archs.names]
     table = comparison_table(results)
     first = results[0]
     markdown = "\n".join(

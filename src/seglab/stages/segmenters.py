@@ -77,10 +77,6 @@ def registered_name(arch: str) -> str:
     return f"acdc-segmenter-{arch}"
 
 
-def curves_path(params: SegmentersParams, arch: str, root: Path) -> Path:
-    return Path(root) / params.metrics / f"{arch}.curves.csv"
-
-
 def _check_arch(params: SegmentersParams, arch: str) -> None:
     if arch not in ARCHS:
         raise ConfigError(f"unknown segmenter architecture '{arch}' (known: {', '.join(ARCHS)})")
@@ -252,9 +248,9 @@ def train_segmenter(
             seg.checkpoint_path(arch, root),
             {"flips": flips_of(best), **cleanup_of(best).hparams()},
         )
-        write_curves(fitted.history, curves_path(seg, arch, root))
+        write_curves(fitted.history, seg.curves_path(arch, root))
         write_record(
-            root / seg.metrics / f"{arch}.json",
+            seg.metrics_path(arch, root),
             {
                 "arch": arch,
                 **metrics,
