@@ -351,6 +351,10 @@ class SegmenterNetsParams(Section):
 #: The architectures' names: the fields of ``segmenters.nets`` (a new architecture is a field
 #: there and a builder in ``seglab.models.segmenters.BUILDERS``).
 SegmenterArch = Literal[tuple(SegmenterNetsParams.model_fields)]  # type: ignore[valid-type]
+#: The training recipe's named choices (``RecipeParams``), also the trainer's argument types.
+LossName = Literal["dice_ce", "dice", "ce"]
+OptimizerName = Literal["adam", "adamw", "sgd"]
+ScheduleName = Literal["constant", "cosine", "poly"]
 
 
 class RecipeParams(Section):
@@ -366,11 +370,11 @@ class RecipeParams(Section):
     """
 
     lr: float = Field(1e-3, gt=0)
-    loss: Literal["dice_ce", "dice", "ce"] = "dice_ce"
+    loss: LossName = "dice_ce"
     batch_dice: bool = False  # the Dice term over the whole batch, not per slice (nnU-Net 2D)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: OptimizerName = "adam"
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "cosine", "poly"] = "constant"
+    schedule: ScheduleName = "constant"
     warmup_epochs: float = Field(0.0, ge=0)
     augment: AugmentParams = AugmentParams()
     trainer: TrainerParams = TrainerParams()

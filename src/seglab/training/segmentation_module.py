@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -30,14 +30,15 @@ from lightning.pytorch.callbacks import Timer
 from monai.losses import DiceCELoss
 from torch import Tensor, nn
 
-from seglab.config import AugmentParams, RecipeParams
+from seglab.config import (
+    AugmentParams,
+    LossName,
+    OptimizerName,
+    RecipeParams,
+    ScheduleName,
+)
 from seglab.training.augment import BatchAugment
 from seglab.training.scores import EpochOverlap
-
-LossName = Literal["dice_ce", "dice", "ce"]
-OptimizerName = Literal["adam", "adamw", "sgd"]
-ScheduleName = Literal["constant", "cosine", "poly"]
-
 
 #: The four flips of a 2D image (none, left-right, up-down, both) averaged at inference.
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
