@@ -401,6 +401,10 @@ class SegmenterTrainParams(RecipeParams):
     # The slice's place in its stack (0 at the first slice, 1 at the last) as one more input
     # channel: the slices above the base and below the apex look like heart but are unlabelled.
     slice_position: bool = False
+    # The two outermost slices at each end of every stack drawn this many times as often as the
+    # others in training (1: uniform): where a structure starts and stops is where the per-slice
+    # Dice loses most (whole slices missed or predicted beyond the base or the apex).
+    oversample_ends: float = Field(1.0, ge=1.0)
 
 
 class SegmentersParams(Section, NamedOutputs):

@@ -8,6 +8,7 @@ import pytest
 
 from seglab.data.store import (
     SliceSet,
+    end_weights,
     image_context,
     input_channels,
     load_split,
@@ -108,3 +109,12 @@ def test_a_gap_or_a_repeated_slice_is_refused() -> None:
         neighbour_rows(_volumes([("p1", 0), ("p1", 2)]).meta)
     with pytest.raises(DataError, match="slice given twice"):
         neighbour_rows(_volumes([("p1", 0), ("p1", 0), ("p1", 1)]).meta)
+
+
+def test_end_weights_mark_the_two_outermost_slices_of_each_stack() -> None:
+    meta = pd.DataFrame(
+        {"slice_index": [0, 1, 2, 3, 4, 5, 0, 1, 2], "slice_count": [6] * 6 + [3] * 3}
+    )
+    weights = end_weights(meta, 2.5)
+    assert weights.tolist() == [2.5, 2.5, 1.0, 1.0, 2.5, 2.5, 2.5, 2.5, 2.5]
+    assert end_weights(meta, 2.5, ends=1).tolist() == [2.5, 1, 1, 1, 1, 2.5, 2.5, 1, 2.5]

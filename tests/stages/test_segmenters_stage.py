@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -30,7 +31,7 @@ from seglab.config import (
 from seglab.data.phantom.acdc import write_acdc_phantom
 from seglab.data.phantom.masks import heart_masks
 from seglab.data.prepare_acdc import prepare_acdc
-from seglab.data.store import SliceSet, load_split, save_split
+from seglab.data.store import SliceSet, end_weights, load_split, save_split
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.evaluation.segmentation import TEST_KEYS, evaluate
 from seglab.inference.postprocess import METHODS, MIN_PIXELS, Cleanup
@@ -42,6 +43,7 @@ from seglab.inference.segment import (
     predict_labels,
 )
 from seglab.metrics.anatomy import check_slices
+from seglab.stages import segmenters as stage
 from seglab.stages.artifacts import load_crossfit
 from seglab.stages.segmenters import (
     EXPERIMENT,
@@ -274,14 +276,25 @@ def test_end_to_end_outputs_are_what_dvc_declares(
 
 @pytest.mark.slow
 def test_a_2_5d_segmenter_keeps_its_context_and_its_clean_up_chosen_on_val(
-    trained: tuple[Path, CardiacParams, dict], tmp_path: Path
+    trained: tuple[Path, CardiacParams, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Neighbouring slices as input channels and the post-processing chosen on val travel with
-    the checkpoint: reloaded, it predicts the test figures the stage wrote."""
+    the checkpoint: reloaded, it predicts the test figures the stage wrote. The stack's end
+    slices are drawn as often as ``oversample_ends`` says."""
     root, params, _ = trained
     shutil.copytree(root / "prepared", tmp_path / "prepared")
     seg = params.segmenters
-    train = seg.train.model_copy(update={"context_slices": 1})
+    train = seg.train.model_copy(update={"context_slices": 1, "oversample_ends": 3.0})
+    samplers: list[torch.Tensor | None] = []
+
+    class Recorded(stage.TensorDataModule):
+        def __init__(
+            self, *args: Any, train_weights: torch.Tensor | None = None, **kw: Any
+        ) -> None:
+            samplers.append(train_weights)
+            super().__init__(*args, train_weights=train_weights, **kw)
+
+    monkeypatch.setattr(stage, "TensorDataModule", Recorded)
     params = params.model_copy(
         update={
             "acdc": params.acdc.model_copy(update={"prepared": str(tmp_path / "prepared")}),
@@ -290,6 +303,9 @@ def test_a_2_5d_segmenter_keeps_its_context_and_its_clean_up_chosen_on_val(
         }
     )
     result = train_segmenter(params, "unet", root=tmp_path)
+    train_meta = load_split(tmp_path / "prepared" / "train.npz").meta
+    assert len(samplers) == 1 and samplers[0] is not None
+    assert samplers[0].tolist() == end_weights(train_meta, 3.0).tolist()
     module = load_segmenter(tmp_path / "models/segmenters/unet.ckpt").eval()
     assert context_of(module) == 1 and module.net.model[0].conv.in_channels == 3
     cleanup = cleanup_of(module)

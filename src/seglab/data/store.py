@@ -149,6 +149,19 @@ def image_context(slices: SliceSet, context: int, position: bool = False) -> np.
     return out
 
 
+def end_weights(meta: pd.DataFrame, weight: float, ends: int = 2) -> np.ndarray:
+    """float64 [N]: ``weight`` for the ``ends`` outermost slices at either end of each slice's
+    stack, 1 for the rest: how often a weighted sampler draws each training slice.
+
+    >>> meta = pd.DataFrame({"slice_index": [0, 1, 2, 3, 4, 5], "slice_count": [6] * 6})
+    >>> end_weights(meta, 3.0).tolist()
+    [3.0, 3.0, 1.0, 1.0, 3.0, 3.0]
+    """
+    index = meta["slice_index"].to_numpy()
+    from_end = np.minimum(index, meta["slice_count"].to_numpy() - 1 - index)
+    return np.where(from_end < ends, weight, 1.0)
+
+
 def save_split(path: Path, slices: SliceSet) -> None:
     """Write a split atomically (no pickles: plain arrays, strings as unicode arrays)."""
     arrays = {f"meta.{col}": slices.meta[col].to_numpy() for col in slices.meta.columns}

@@ -40,8 +40,8 @@ import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from seglab.config import CardiacParams, SegmentersParams, TrainerParams
-from seglab.data.store import SliceSet
+from seglab.config import CardiacParams, SegmentersParams, SegmenterTrainParams
+from seglab.data.store import SliceSet, end_weights
 from seglab.errors import ConfigError
 from seglab.evaluation.segmentation import TEST_KEYS, VOLUME_KEYS, choose_inference, evaluate
 from seglab.inference.segment import (
@@ -122,7 +122,7 @@ def _run_params(params: CardiacParams, arch: str) -> dict[str, Any]:
 def _train(
     module: SegmentationModule,
     splits: dict[str, SliceSet],
-    trainer: TrainerParams,
+    recipe: SegmenterTrainParams,
     work: Path,
     run_id: str,
     tracking_uri: str,
@@ -130,10 +130,17 @@ def _train(
 ) -> tuple[SegmentationModule, FitResult]:
     """Fit on ``splits`` train/val; the best epoch's module, its clean-up chosen on val
     (``segmenters.postprocess``), and what the fit left."""
+    trainer = recipe.trainer
+    weights = (
+        torch.from_numpy(end_weights(splits["train"].meta, recipe.oversample_ends))
+        if recipe.oversample_ends > 1
+        else None
+    )
     data = TensorDataModule(
         {name: _tensors(splits[name], module) for name in ("train", "val")},
         batch_size=trainer.batch_size,
         seed=trainer.seed,
+        train_weights=weights,
     )
     result = fit(
         module,
@@ -223,8 +230,9 @@ def train_segmenter(
     ) as run:
         run_id = run.info.run_id
         crossfit = _crossfit(params, arch, splits, work, uri, run_args) if folds > 1 else None
-        trainer = seg.train_for(arch).trainer
-        best, fitted = _train(new_module(arch, seg), splits, trainer, final, run_id, uri, seg)
+        recipe = seg.train_for(arch)
+        trainer = recipe.trainer
+        best, fitted = _train(new_module(arch, seg), splits, recipe, final, run_id, uri, seg)
         seconds, epochs = fitted.train_seconds, fitted.epochs
         test = splits["test"]
         pred = predict_labels(best, test, trainer)
@@ -280,7 +288,8 @@ def _crossfit(
     the figures.
     """
     seg, folds, seed = params.segmenters, params.acdcseg.folds, params.acdcseg.seed
-    trainer = seg.train_for(arch).trainer
+    recipe = seg.train_for(arch)
+    trainer = recipe.trainer
     train = splits["train"]
     assignment = patient_folds(train.meta, folds, seed)
     fold = train.meta["patient"].map(assignment).to_numpy().astype(np.int16)
@@ -312,7 +321,7 @@ def _crossfit(
                 best, fold_fit = _train(
                     new_module(arch, seg),
                     part,
-                    trainer,
+                    recipe,
                     directory,
                     run.info.run_id,
                     uri,

@@ -11,11 +11,15 @@ from collections.abc import Mapping
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 
 class TensorDataModule(L.LightningDataModule):
-    """Batches of ``(inputs, targets)`` tensors per split (``train``, ``val``, ``test``)."""
+    """Batches of ``(inputs, targets)`` tensors per split (``train``, ``val``, ``test``).
+
+    Training batches are a seeded shuffle, or with ``train_weights`` (one per training sample)
+    as many seeded draws with replacement, each sample in proportion to its weight.
+    """
 
     def __init__(
         self,
@@ -24,6 +28,7 @@ class TensorDataModule(L.LightningDataModule):
         seed: int = 0,
         eval_batch_size: int | None = None,
         drop_last: bool = False,
+        train_weights: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.splits = dict(splits)
@@ -33,17 +38,25 @@ class TensorDataModule(L.LightningDataModule):
         # Drop an incomplete last training batch: batch-norm on pooled 1x1 features (DeepLabV3's
         # ASPP pooling) cannot train on a batch of one.
         self.drop_last = drop_last
+        self.train_weights = train_weights
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.splits or len(self.splits[split][0]) == 0:
             raise ValueError(f"no '{split}' slices: the split is empty")
         generator = torch.Generator().manual_seed(self.seed)
+        weights = self.train_weights if train else None
+        sampler = (
+            None
+            if weights is None
+            else WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)
+        )
         return DataLoader(
             TensorDataset(*self.splits[split]),
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train and self.drop_last,
-            generator=generator if train else None,
+            generator=generator if train and sampler is None else None,
         )
 
     def train_dataloader(self) -> DataLoader:
