@@ -52,7 +52,7 @@ from seglab.models.segmenters import ARCHS, parameter_count  # noqa: E402
 from seglab.training.datamodule import TensorDataModule  # noqa: E402
 from seglab.training.fit import fit  # noqa: E402
 from seglab.training.nvae_fit import train_nvae_model  # noqa: E402
-from seglab.training.segmenters import MONITOR, new_module  # noqa: E402
+from seglab.training.segmenters import MONITOR, new_module, train_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = {"segmenter": 0.90, "nvae": 0.949}
@@ -177,6 +177,7 @@ def run_segmenter(
         },
         batch_size=trainer.batch_size,
         seed=trainer.seed,
+        train_weights=train_weights(train, splits["train"].meta),
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

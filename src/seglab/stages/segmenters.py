@@ -41,7 +41,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from seglab.config import CardiacParams, SegmentersParams, SegmenterTrainParams
-from seglab.data.store import SliceSet, end_weights
+from seglab.data.store import SliceSet
 from seglab.errors import ConfigError
 from seglab.evaluation.segmentation import TEST_KEYS, VOLUME_KEYS, choose_inference, evaluate
 from seglab.inference.segment import (
@@ -67,7 +67,7 @@ from seglab.training.fit import (
 )
 from seglab.training.history import write_curves
 from seglab.training.segmentation_module import SegmentationModule
-from seglab.training.segmenters import MONITOR, new_module
+from seglab.training.segmenters import MONITOR, new_module, train_weights
 
 EXPERIMENT = "acdc-segmenters"
 DATASET = "acdc_prepared"
@@ -131,16 +131,11 @@ def _train(
     """Fit on ``splits`` train/val; the best epoch's module, its clean-up chosen on val
     (``segmenters.postprocess``), and what the fit left."""
     trainer = recipe.trainer
-    weights = (
-        torch.from_numpy(end_weights(splits["train"].meta, recipe.oversample_ends))
-        if recipe.oversample_ends > 1
-        else None
-    )
     data = TensorDataModule(
         {name: _tensors(splits[name], module) for name in ("train", "val")},
         batch_size=trainer.batch_size,
         seed=trainer.seed,
-        train_weights=weights,
+        train_weights=train_weights(recipe, splits["train"].meta),
     )
     result = fit(
         module,

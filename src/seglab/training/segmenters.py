@@ -4,9 +4,12 @@ recipe of ``segmenters.train_for(arch)`` (the stage, the benchmarks and the GPU 
 
 from __future__ import annotations
 
-from seglab.config import SegmentersParams
+import pandas as pd
+import torch
+
+from seglab.config import SegmentersParams, SegmenterTrainParams
 from seglab.data.labels import NUM_LABELS, STRUCTURE_LABELS, STRUCTURES
-from seglab.data.store import input_channels
+from seglab.data.store import end_weights, input_channels
 from seglab.models.segmenters import build_segmenter
 from seglab.training.fit import seed
 from seglab.training.segmentation_module import SegmentationModule, recipe_kwargs
@@ -37,3 +40,11 @@ def new_module(arch: str, params: SegmentersParams) -> SegmentationModule:
             "slice_position": train.slice_position,
         },
     )
+
+
+def train_weights(train: SegmenterTrainParams, meta: pd.DataFrame) -> torch.Tensor | None:
+    """How often each training slice (rows of ``meta``) is drawn under ``oversample_ends``, for
+    :class:`~seglab.training.datamodule.TensorDataModule`; ``None``: a plain shuffle."""
+    if train.oversample_ends == 1:
+        return None
+    return torch.from_numpy(end_weights(meta, train.oversample_ends))
