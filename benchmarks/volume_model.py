@@ -5,19 +5,21 @@ lose is mostly whole slices at the base and apex that count 0 (README, "Where th
 figure is lost"), and neither more neighbours nor more draws of the end slices moved that
 (rounds 12 and 13). This trains MONAI's DynUNet (nnU-Net's network) in 3D on whole stacks,
 ``[1, H, W, D]`` per cardiac phase, with nnU-Net's anisotropic plan for thick-slice cine MRI:
-in-plane kernels (3, 3, 1) at the two finest levels, 3D kernels (3, 3, 3) below, and pooling
-in-plane only, so every level sees the stack's ends. Everything else is the project's: the
-recipe (loss, optimiser, schedule, augmentation, epochs) of ``segmenters.train_for(arch)`` in the
-params, the shared training module and ``fit`` (checkpoints, history, progress lines), the clean-up
-chosen on the validation split only, and the test figures of the stage (per-slice Dice, HD95,
+in-plane kernels (3, 3, 1) at the three finest levels, 3D kernels (3, 3, 3) at the coarser
+ones (where a slice away is as far as a few pixels), and pooling in-plane only, so every level
+keeps the stack's ends. Everything else is the project's: the recipe (loss, optimiser,
+schedule, augmentation, epochs) of ``segmenters.train_for(arch)`` in the params, the shared
+training module and ``fit`` (checkpoints, history, progress lines), the flips and clean-up
+chosen on the validation split only, and the stage's test figures (per-slice Dice, HD95,
 validity, 3D Dice), with the slices that count 0 per structure. One stack per step (the stacks
 hold 6-16 slices; instance norm). Checkpoints go to ``<out>.ckpt/``: run the same command again
 and an interrupted training resumes there (a finished one is only scored again).
 
 Run it where real ACDC is prepared (``seglab prepare acdc`` with ``profile: cpu``)::
 
-    uv run --frozen python benchmarks/volume_model.py --params params.yaml \\
-        --out reports/real-acdc/recipe/round14-dynunet3d
+    uv run --frozen python benchmarks/volume_model.py --params params.yaml --epochs 40 \\
+        --out reports/real-acdc/recipe/round14-dynunet3d-40ep \\
+        --ensemble models/segmenters/resunet.ckpt
 """
 
 from __future__ import annotations
@@ -200,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--prepared", type=Path, default=Path("data/prepared/acdc"))
     parser.add_argument("--out", type=Path, required=True, help="prefix of the outputs")
     parser.add_argument("--filters", type=int, nargs="+", default=[16, 32, 64, 128, 256])
-    parser.add_argument("--in-plane-levels", type=int, default=2)
+    parser.add_argument("--in-plane-levels", type=int, default=3)
     parser.add_argument("--epochs", type=int, help="instead of the recipe's")
     parser.add_argument("--limit-train-batches", type=float, default=1.0)
     parser.add_argument(
