@@ -42,8 +42,7 @@ from torch.utils.data import DataLoader
 from seglab.config import CardiacParams, load_params
 from seglab.data.labels import NUM_LABELS, STRUCTURES
 from seglab.data.store import SliceSet, load_splits, volume_rows
-from seglab.evaluation.segmentation import dice_mean, evaluate
-from seglab.inference.postprocess import Cleanup, choose
+from seglab.evaluation.segmentation import evaluate, pick_inference
 from seglab.inference.segment import load_segmenter, module_input
 from seglab.training.fit import fit, seed
 from seglab.training.history import write_curves
@@ -105,15 +104,8 @@ def dynunet(filters: Sequence[int], in_plane_levels: int) -> StackNet:
 class StackModule(SegmentationModule):
     """The shared module on stacks: labels ``[B, D, H, W]`` flattened to the slices' labels."""
 
-    def _target(self, label: Tensor) -> Tensor:
-        return label.reshape(-1, 1, *label.shape[-2:]).float()
-
-    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
-        image, label = batch
-        logits = self(image).float()
-        slices = label.reshape(-1, *label.shape[-2:])
-        self.log("val_loss", self.loss(logits, self._target(label)), batch_size=len(slices))
-        self.overlap.add(self.labels(logits), slices)
+    def _label_map(self, label: Tensor) -> Tensor:
+        return label.reshape(-1, *label.shape[-2:])
 
 
 def stacks(slices: SliceSet) -> tuple[list[tuple[Tensor, Tensor]], np.ndarray]:
@@ -166,15 +158,8 @@ def chosen_inference(probs: Probabilities, splits: dict[str, SliceSet]) -> dict[
         f: {n: p.argmax(1).numpy().astype(np.uint8) for n, p in by.items()}
         for f, by in probs.items()
     }
-    best: tuple[float, bool, Cleanup] | None = None
-    scores: dict[str, float] = {}
-    for flips, by_split in labels.items():
-        cleanup, by_name = choose(by_split["val"], lambda p: dice_mean(p, val), volumes["val"])
-        scores |= {("flips_" if flips else "") + k: v for k, v in by_name.items()}
-        if best is None or by_name[cleanup.name] > best[0]:
-            best = (by_name[cleanup.name], flips, cleanup)
-    assert best is not None
-    value, flips, cleanup = best
+    flips, cleanup, scores = pick_inference({f: by["val"] for f, by in labels.items()}, val)
+    value = scores[("flips_" if flips else "") + cleanup.name]
     chosen = {n: cleanup.apply(labels[flips][n], volumes[n]) for n in ("val", "test")}
     return {
         "chosen_on_val": ("flips, " if flips else "") + cleanup.describe(),

@@ -6,6 +6,7 @@ the anatomical check of the prepared masks."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -60,25 +61,42 @@ def choose_inference(
 ) -> tuple[bool, Cleanup, dict[str, float]]:
     """How ``module`` predicts: whether it averages over flips (``segmenters.flips``) and its
     clean-up (``segmenters.postprocess``), each the params' or, with ``auto``, the one with the
-    best validation Dice (never the test split); and every option's validation Dice, keyed by
-    :attr:`Cleanup.name` (``flips_`` first for the flip-averaged predictions).
+    best validation Dice (never the test split); and every option's validation Dice, as
+    :func:`pick_inference` keys them.
 
     Leaves ``module.hparams["flips"]`` as chosen.
     """
-    fixed = Cleanup(seg.postprocess, seg.postprocess_min_pixels, seg.postprocess_across_slices)
-    best: tuple[float, bool, Cleanup] | None = None
-    scores: dict[str, float] = {}
+    preds: dict[bool, np.ndarray] = {}
     for flips in (False, True) if seg.flips == "auto" else (seg.flips,):
         module.hparams["flips"] = flips
-        pred = predict_labels(module, val, trainer, raw=True)
-        if seg.postprocess == "auto":
-            cleanup, tried = choose(pred, lambda p: dice_mean(p, val), volume_rows(val.meta))
+        preds[flips] = predict_labels(module, val, trainer, raw=True)
+    fixed = Cleanup(seg.postprocess, seg.postprocess_min_pixels, seg.postprocess_across_slices)
+    flips, cleanup, scores = pick_inference(
+        preds, val, None if seg.postprocess == "auto" else fixed
+    )
+    module.hparams["flips"] = flips
+    return flips, cleanup, scores
+
+
+def pick_inference(
+    preds: Mapping[bool, np.ndarray], val: SliceSet, fixed: Cleanup | None = None
+) -> tuple[bool, Cleanup, dict[str, float]]:
+    """The flips setting and clean-up with the best Dice on ``val``, from the raw label maps of
+    ``val`` predicted with and without flips (``preds``, keyed by the flips setting); the
+    clean-up is ``fixed`` when given, else the best of :func:`choose`'s. Also every option's
+    Dice, keyed by :attr:`Cleanup.name` (``flips_`` first for the flip-averaged predictions).
+    Flips must earn their place: on a tie the plain prediction stays.
+    """
+    volumes = volume_rows(val.meta)
+    best: tuple[float, bool, Cleanup] | None = None
+    scores: dict[str, float] = {}
+    for flips in sorted(preds):
+        if fixed is None:
+            cleanup, tried = choose(preds[flips], lambda p: dice_mean(p, val), volumes)
         else:
-            cleanup = fixed
-            tried = {fixed.name: dice_mean(fixed.apply(pred, volume_rows(val.meta)), val)}
+            cleanup, tried = fixed, {fixed.name: dice_mean(fixed.apply(preds[flips], volumes), val)}
         scores |= {("flips_" if flips else "") + key: value for key, value in tried.items()}
-        if best is None or tried[cleanup.name] > best[0]:  # flips must earn their place too
+        if best is None or tried[cleanup.name] > best[0]:
             best = (tried[cleanup.name], flips, cleanup)
     assert best is not None
-    module.hparams["flips"] = best[1]
     return best[1], best[2], scores

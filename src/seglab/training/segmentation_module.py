@@ -226,10 +226,14 @@ class SegmentationModule(L.LightningModule):
             return torch.cat([image_out, image[:, split:]], dim=1), label_out
         return batch
 
+    def _label_map(self, label: Tensor) -> Tensor:
+        """A batch's labels as one label map per predicted image, ``[B, H, W]``: the hook a
+        module whose batches are not single images (a stack of slices) overrides."""
+        return label[:, 0] if label.ndim == 4 else label
+
     def _target(self, label: Tensor) -> Tensor:
         """``[B, 1, H, W]`` float labels, as MONAI's losses take them."""
-        target = label.unsqueeze(1) if label.ndim == 3 else label
-        return target.float()
+        return self._label_map(label).unsqueeze(1).float()
 
     def labels(self, logits: Tensor) -> Tensor:
         """Predicted label map ``[B, H, W]`` (uint8): argmax, or sigmoid > 0.5 in binary mode."""
@@ -252,8 +256,8 @@ class SegmentationModule(L.LightningModule):
         image, label = batch
         logits = self(image).float()
         loss = self.loss(logits, self._target(label))
-        self.log("val_loss", loss, batch_size=len(image), sync_dist=True)
-        self.overlap.add(self.labels(logits), label[:, 0] if label.ndim == 4 else label)
+        self.log("val_loss", loss, batch_size=len(logits), sync_dist=True)
+        self.overlap.add(self.labels(logits), self._label_map(label))
 
     def on_validation_epoch_end(self) -> None:
         if not self.overlap.sums:
