@@ -7,6 +7,7 @@ Not a package module: the scripts beside it import it as ``common`` (their folde
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import importlib.metadata
 import math
@@ -41,6 +42,16 @@ from seglab.tracking import (
 
 EXPERIMENT = "benchmarks"
 P = TypeVar("P", bound=Section)
+
+
+def prepared_acdc_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser with what every training script on prepared real ACDC takes: the params, the
+    prepared splits and the prefix of its outputs; described by ``doc``'s first paragraph."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--prepared", type=Path, default=Path("data/prepared/acdc"))
+    parser.add_argument("--out", type=Path, required=True, help="prefix of the outputs")
+    return parser
 
 
 def resolve_device(name: str) -> torch.device:

@@ -24,17 +24,16 @@ Run it where real ACDC is prepared (``seglab prepare acdc`` with ``profile: cpu`
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from inference_choices import probabilities  # a sibling (benchmarks/ on sys.path)
+from common import prepared_acdc_parser  # siblings: benchmarks/ on sys.path
+from inference_choices import probabilities
 from volume_model import Probabilities, chosen_inference
 
 from seglab.config import CardiacParams, load_params
@@ -63,11 +62,8 @@ def fold_parts(pool: SliceSet, fold: np.ndarray, k: int) -> dict[str, SliceSet]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser = prepared_acdc_parser(__doc__)
     parser.add_argument("--arch", default="resunet", help="network and recipe of the params")
-    parser.add_argument("--prepared", type=Path, default=Path("data/prepared/acdc"))
-    parser.add_argument("--out", type=Path, required=True, help="prefix of the outputs")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="of the fold assignment")
     args = parser.parse_args(argv)

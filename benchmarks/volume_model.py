@@ -24,7 +24,6 @@ Run it where real ACDC is prepared (``seglab prepare acdc`` with ``profile: cpu`
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -34,7 +33,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from inference_choices import TEST_FIGURES, probabilities  # a sibling (benchmarks/ on sys.path)
+from common import prepared_acdc_parser  # siblings: benchmarks/ on sys.path
+from inference_choices import TEST_FIGURES, probabilities
 from monai.networks.nets import DynUNet
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -181,11 +181,8 @@ def two_d_probabilities(module: SegmentationModule, splits: dict[str, SliceSet])
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser = prepared_acdc_parser(__doc__)
     parser.add_argument("--recipe", default="resunet", help="whose segmenters.train_for recipe")
-    parser.add_argument("--prepared", type=Path, default=Path("data/prepared/acdc"))
-    parser.add_argument("--out", type=Path, required=True, help="prefix of the outputs")
     parser.add_argument("--filters", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     parser.add_argument("--in-plane-levels", type=int, default=3)
     parser.add_argument("--epochs", type=int, help="instead of the recipe's")

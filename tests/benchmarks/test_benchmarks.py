@@ -109,6 +109,18 @@ def prepared(folder: Path, lgg: bool = False) -> Path:
     return folder
 
 
+def one_epoch_argv(tmp_path: Path, folder: Path, out: Path) -> list[str]:
+    """``--params`` (``TINY_CARDIAC``, one epoch per training), ``--prepared`` and ``--out`` of
+    a training script on prepared slices (``common.prepared_acdc_parser``)."""
+    params = tmp_path / "params.yaml"
+    tiny = TINY_CARDIAC | {
+        "segmenters": TINY_CARDIAC["segmenters"] | {"train": {"trainer": {"max_epochs": 1}}}
+    }
+    params.write_text(yaml.safe_dump(tiny))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return ["--params", str(params), "--prepared", str(folder), "--out", str(out)]
+
+
 def table_rows(text: str, title: str) -> dict[str, list[str]]:
     """First cell -> cells of every body row of the markdown table under ``### title``."""
     section = text.split(f"### {title}\n", 1)[1].split("\n\n", 1)[0]

@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
-from tests.benchmarks.test_benchmarks import TINY_CARDIAC, _script, prepared
+from tests.benchmarks.test_benchmarks import _script, one_epoch_argv, prepared
 
 from seglab.data.store import load_split, save_split
 
@@ -42,14 +41,8 @@ def test_folds_split_the_pool_by_patient(tmp_path: Path) -> None:
 
 def test_trains_each_fold_chooses_out_of_fold_and_scores_the_ensemble(tmp_path: Path) -> None:
     folder = _pool(prepared(tmp_path / "prepared"))
-    params = tmp_path / "params.yaml"
-    tiny = TINY_CARDIAC | {
-        "segmenters": TINY_CARDIAC["segmenters"] | {"train": {"trainer": {"max_epochs": 1}}}
-    }
-    params.write_text(yaml.safe_dump(tiny))
     out = tmp_path / "out" / "cv"
-    out.parent.mkdir()
-    argv = ["--params", str(params), "--prepared", str(folder), "--out", str(out)]
+    argv = one_epoch_argv(tmp_path, folder, out)
     result = five_folds.main(argv)
     assert json.loads(out.with_name("cv.json").read_text()) == result
     assert result["patients"] == 5 and result["test_slices"] == 4

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
-from tests.benchmarks.test_benchmarks import TINY_CARDIAC, _script, prepared
+from tests.benchmarks.test_benchmarks import _script, one_epoch_argv, prepared
 from tests.benchmarks.test_real_acdc_scripts import _checkpoint
 from torch import nn
 
@@ -61,14 +60,8 @@ def test_the_plan_pools_in_plane_and_turns_3d_below_the_in_plane_levels() -> Non
 
 def test_trains_chooses_on_validation_and_scores_the_test_split(tmp_path: Path) -> None:
     folder = prepared(tmp_path / "prepared")
-    params = tmp_path / "params.yaml"
-    tiny = TINY_CARDIAC | {
-        "segmenters": TINY_CARDIAC["segmenters"] | {"train": {"trainer": {"max_epochs": 1}}}
-    }
-    params.write_text(yaml.safe_dump(tiny))
     out = tmp_path / "out" / "stack"
-    out.parent.mkdir()
-    argv = ["--params", str(params), "--prepared", str(folder), "--out", str(out)]
+    argv = one_epoch_argv(tmp_path, folder, out)
     argv += ["--filters", "4", "8", "16", "--in-plane-levels", "1"]
     two_d = _checkpoint(tmp_path / "resunet.ckpt", "resunet", 0)
     result = volume_model.main([*argv, "--ensemble", str(two_d)])
