@@ -38,9 +38,9 @@ from volume_model import Probabilities, chosen_inference
 
 from seglab.config import CardiacParams, load_params
 from seglab.data.labels import NUM_LABELS
+from seglab.data.splits import patient_folds
 from seglab.data.store import SliceSet, load_splits
 from seglab.inference.segment import load_segmenter, module_input
-from seglab.stages.segmenters import patient_folds
 from seglab.training.datamodule import TensorDataModule
 from seglab.training.fit import fit
 from seglab.training.history import write_curves

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from seglab.config import SplitParams
-from seglab.data.splits import patient_splits, rounding_note
-from seglab.errors import SeglabError
+from seglab.data.splits import patient_folds, patient_splits, rounding_note
+from seglab.errors import ConfigError, SeglabError
 
 GROUPS = {f"patient{i:03d}": g for i, g in enumerate(["NOR", "MINF", "DCM", "HCM", "RV"] * 20, 1)}
 
@@ -79,3 +81,22 @@ def test_rounding_note_says_how_far_the_fractions_moved() -> None:
     assert rounding_note(with_fixed, params, fixed_test=True) == (
         "split rounded per group, at least one patient each: val 10/90 patients (11%, asked 0.1)"
     )
+
+
+def _meta(groups: dict[str, str]) -> pd.DataFrame:
+    return pd.DataFrame([{"patient": p, "group": g} for p, g in groups.items() for _ in range(3)])
+
+
+def test_folds_are_patient_level_stratified_balanced_and_seeded() -> None:
+    groups = {f"p{i:02d}": g for i, g in enumerate(["NOR", "MINF", "DCM", "HCM", "RV"] * 4)}
+    folds = patient_folds(_meta(groups), 3, seed=0)
+    assert set(folds) == set(groups) and set(folds.values()) == {0, 1, 2}
+    sizes = np.bincount(list(folds.values()))
+    assert sizes.max() - sizes.min() <= 1
+    for group in set(groups.values()):
+        per_group = np.bincount([folds[p] for p in groups if groups[p] == group], minlength=3)
+        assert per_group.max() - per_group.min() <= 1, group
+    assert patient_folds(_meta(groups), 3, seed=0) == folds
+    assert patient_folds(_meta(groups), 3, seed=1) != folds
+    with pytest.raises(ConfigError, match="30 folds need 30 patients at least; there are 20"):
+        patient_folds(_meta(groups), 30, seed=0)

@@ -47,30 +47,10 @@ from seglab.stages import segmenters as stage
 from seglab.stages.artifacts import load_crossfit
 from seglab.stages.segmenters import (
     EXPERIMENT,
-    patient_folds,
     registered_name,
     train_segmenter,
 )
 from seglab.training.segmenters import new_module
-
-
-def _meta(groups: dict[str, str]) -> pd.DataFrame:
-    return pd.DataFrame([{"patient": p, "group": g} for p, g in groups.items() for _ in range(3)])
-
-
-def test_folds_are_patient_level_stratified_balanced_and_seeded() -> None:
-    groups = {f"p{i:02d}": g for i, g in enumerate(["NOR", "MINF", "DCM", "HCM", "RV"] * 4)}
-    folds = patient_folds(_meta(groups), 3, seed=0)
-    assert set(folds) == set(groups) and set(folds.values()) == {0, 1, 2}
-    sizes = np.bincount(list(folds.values()))
-    assert sizes.max() - sizes.min() <= 1
-    for group in set(groups.values()):
-        per_group = np.bincount([folds[p] for p in groups if groups[p] == group], minlength=3)
-        assert per_group.max() - per_group.min() <= 1, group
-    assert patient_folds(_meta(groups), 3, seed=0) == folds
-    assert patient_folds(_meta(groups), 3, seed=1) != folds
-    with pytest.raises(ConfigError, match="acdcseg.folds is 30 but the train split has only 20"):
-        patient_folds(_meta(groups), 30, seed=0)
 
 
 def _slices(label: np.ndarray) -> SliceSet:

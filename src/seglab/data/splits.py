@@ -11,9 +11,10 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from seglab.config import SplitParams
-from seglab.errors import SeglabError
+from seglab.errors import ConfigError, SeglabError
 
 SPLITS = ("train", "val", "test")
 
@@ -102,3 +103,22 @@ def _share(n: int, fraction: float) -> int:
     if fraction <= 0 or n < 2:
         return 0
     return min(n - 1, max(1, round(n * fraction)))
+
+
+def patient_folds(meta: pd.DataFrame, folds: int, seed: int) -> dict[str, int]:
+    """Fold (0..K-1) of every patient in ``meta``: stratified by group, seeded.
+
+    Within each group the patients are shuffled and dealt out in turn, continuing from where the
+    previous group stopped, so folds differ in size by at most one patient.
+    """
+    groups = meta.drop_duplicates("patient").set_index("patient")["group"].sort_index()
+    if len(groups) < folds:
+        raise ConfigError(f"{folds} folds need {folds} patients at least; there are {len(groups)}")
+    rng = np.random.default_rng(seed)
+    out: dict[str, int] = {}
+    for group in sorted(set(groups)):
+        ids = sorted(groups.index[groups == group])
+        rng.shuffle(ids)
+        for pid in ids:
+            out[pid] = len(out) % folds
+    return out

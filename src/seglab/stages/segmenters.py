@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from seglab.config import CardiacParams, SegmentersParams, SegmenterTrainParams
+from seglab.data.splits import patient_folds
 from seglab.data.store import SliceSet
 from seglab.errors import ConfigError
 from seglab.evaluation.segmentation import TEST_KEYS, VOLUME_KEYS, choose_inference, evaluate
@@ -86,27 +86,6 @@ def _check_arch(params: SegmentersParams, arch: str) -> None:
 
 def _tensors(slices: SliceSet, module: SegmentationModule) -> tuple[torch.Tensor, torch.Tensor]:
     return module_input(module, slices), torch.from_numpy(slices.label)
-
-
-def patient_folds(meta: pd.DataFrame, folds: int, seed: int) -> dict[str, int]:
-    """Fold (0..K-1) of every patient in ``meta``: stratified by group, seeded.
-
-    Within each group the patients are shuffled and dealt out in turn, continuing from where the
-    previous group stopped, so folds differ in size by at most one patient.
-    """
-    groups = meta.drop_duplicates("patient").set_index("patient")["group"].sort_index()
-    if len(groups) < folds:
-        raise ConfigError(
-            f"acdcseg.folds is {folds} but the train split has only {len(groups)} patients"
-        )
-    rng = np.random.default_rng(seed)
-    out: dict[str, int] = {}
-    for group in sorted(set(groups)):
-        ids = sorted(groups.index[groups == group])
-        rng.shuffle(ids)
-        for pid in ids:
-            out[pid] = len(out) % folds
-    return out
 
 
 def _run_params(params: CardiacParams, arch: str) -> dict[str, Any]:
