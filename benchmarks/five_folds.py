@@ -33,8 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 from common import prepared_acdc_parser  # siblings: benchmarks/ on sys.path
-from inference_choices import probabilities
-from volume_model import Probabilities, chosen_inference
+from volume_model import Probabilities, chosen_inference, two_d_probabilities
 
 from seglab.config import CardiacParams, load_params
 from seglab.data.labels import NUM_LABELS
@@ -96,14 +95,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         write_curves(result.history, prefix.with_name(prefix.name + ".curves.csv"))
         best = load_segmenter(result.kept_path).eval()
-        probs: Probabilities = {}
+        probs = two_d_probabilities(best, {"val": part["val"], "test": test})
         for flips in (False, True):
-            own = probabilities(best.network, module_input(best, part["val"]), flips)
-            probs[flips] = {
-                "val": own,
-                "test": probabilities(best.network, module_input(best, test), flips),
-            }
-            out_of_fold[flips][torch.from_numpy(held)] = own
+            out_of_fold[flips][torch.from_numpy(held)] = probs[flips]["val"]
             test_sum[flips] += probs[flips]["test"]
         folds.append(
             {
