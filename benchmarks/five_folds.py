@@ -14,7 +14,8 @@ them, on the held-out patients alone. It reports, for the test split: each fold'
 the inference chosen on its own fold (what one training of 64 patients gives), and the
 ensemble with the inference chosen on all 80 patients out of fold. The test split chooses
 nothing. Checkpoints go to ``<out>.fold<k>.ckpt/``: the same command again resumes an
-interrupted fold (and only scores finished ones again).
+interrupted fold (and only scores finished ones again). With ``--save-probs`` it also writes
+the ensemble's softmax (``presence.py`` reads it).
 
 Run it where real ACDC is prepared (``seglab prepare acdc`` with ``profile: cpu``)::
 
@@ -30,7 +31,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from common import prepared_acdc_parser  # siblings: benchmarks/ on sys.path
 from volume_model import Probabilities, chosen_inference, two_d_probabilities
@@ -38,26 +38,16 @@ from volume_model import Probabilities, chosen_inference, two_d_probabilities
 from seglab.config import CardiacParams, load_params
 from seglab.data.labels import NUM_LABELS
 from seglab.data.splits import patient_folds
-from seglab.data.store import SliceSet, load_splits
-from seglab.inference.segment import load_segmenter, module_input
-from seglab.training.datamodule import TensorDataModule
+from seglab.data.store import SliceSet, concat, load_splits
+from seglab.inference.segment import load_segmenter
 from seglab.training.fit import fit
 from seglab.training.history import write_curves
-from seglab.training.segmenters import MONITOR, new_module, train_weights
-
-
-def take(sets: Sequence[SliceSet], rows: np.ndarray | None = None) -> SliceSet:
-    """The slices of ``sets`` one after another, or only ``rows`` of them (a boolean mask)."""
-    image = np.concatenate([s.image for s in sets])
-    label = np.concatenate([s.label for s in sets])
-    meta = pd.concat([s.meta for s in sets], ignore_index=True)
-    keep = np.ones(len(meta), bool) if rows is None else rows
-    return SliceSet(image[keep], label[keep], meta[keep].reset_index(drop=True))
+from seglab.training.segmenters import MONITOR, new_module, segmenter_data
 
 
 def fold_parts(pool: SliceSet, fold: np.ndarray, k: int) -> dict[str, SliceSet]:
     """Fold ``k``'s training slices (every other fold) and its held-out ones."""
-    return {"train": take([pool], fold != k), "val": take([pool], fold == k)}
+    return {"train": pool.take(fold != k), "val": pool.take(fold == k)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -65,13 +55,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--arch", default="resunet", help="network and recipe of the params")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="of the fold assignment")
+    parser.add_argument(
+        "--save-probs",
+        action="store_true",
+        help="also write the ensemble's softmax (out of fold on the pool, mean on test), float16,"
+        " with and without flips, to <out>.probs.npz (about 0.5 GB on ACDC; for presence.py)",
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params, CardiacParams)
     seg = params.segmenters
     recipe = seg.train_for(args.arch)
     trainer = recipe.trainer
     splits = load_splits(args.prepared)
-    pool, test = take([splits["train"], splits["val"]]), splits["test"]
+    pool, test = concat([splits["train"], splits["val"]]), splits["test"]
     fold = pool.meta["patient"].map(patient_folds(pool.meta, args.folds, args.seed)).to_numpy()
     out_of_fold = {
         f: torch.zeros(len(pool), NUM_LABELS, *pool.label.shape[1:]) for f in (False, True)
@@ -82,12 +78,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         held = fold == k
         part = fold_parts(pool, fold, k)
         module = new_module(args.arch, seg)
-        data = TensorDataModule(
-            {n: (module_input(module, s), torch.from_numpy(s.label)) for n, s in part.items()},
-            batch_size=trainer.batch_size,
-            seed=trainer.seed,
-            train_weights=train_weights(recipe, part["train"].meta),
-        )
+        data = segmenter_data(part, recipe)
         prefix = args.out.with_name(f"{args.out.name}.fold{k}")
         print(f"fold {k}: {part['train'].meta['patient'].nunique()} patients", file=sys.stderr)
         result = fit(
@@ -112,6 +103,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     mean: Probabilities = {
         f: {"val": out_of_fold[f], "test": test_sum[f] / args.folds} for f in (False, True)
     }
+    if args.save_probs:
+        np.savez(
+            args.out.with_name(args.out.name + ".probs.npz"),
+            **{
+                f"{n}_flips{int(f)}": p.half().numpy()
+                for f, by in mean.items()
+                for n, p in by.items()
+            },
+        )
     single = [f["test"]["dice_mean"] for f in folds]
     report: dict[str, Any] = {
         "arch": args.arch,

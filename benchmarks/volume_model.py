@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,15 +149,22 @@ def stack_probabilities(
 Probabilities = dict[bool, dict[str, Tensor]]  # flips -> split -> softmax
 
 
-def chosen_inference(probs: Probabilities, splits: dict[str, SliceSet]) -> dict[str, Any]:
+def argmax(probs: Tensor) -> np.ndarray:
+    """uint8 ``[N, H, W]`` label maps: each pixel's most probable class."""
+    return probs.argmax(1).numpy().astype(np.uint8)
+
+
+def chosen_inference(
+    probs: Probabilities,
+    splits: dict[str, SliceSet],
+    decode: Callable[[Tensor], np.ndarray] = argmax,
+) -> dict[str, Any]:
     """Flips and clean-up chosen as the stage chooses them, on the validation Dice alone; then
-    the figures of both splits with that choice, and the test split's without any."""
+    the figures of both splits with that choice, and the test split's without any. ``decode``
+    turns a softmax into label maps (the argmax, as the stage does, unless told otherwise)."""
     val, test = splits["val"], splits["test"]
     volumes = {name: volume_rows(splits[name].meta) for name in ("val", "test")}
-    labels = {
-        f: {n: p.argmax(1).numpy().astype(np.uint8) for n, p in by.items()}
-        for f, by in probs.items()
-    }
+    labels = {f: {n: decode(p) for n, p in by.items()} for f, by in probs.items()}
     flips, cleanup, scores = pick_inference({f: by["val"] for f, by in labels.items()}, val)
     value = scores[("flips_" if flips else "") + cleanup.name]
     chosen = {n: cleanup.apply(labels[flips][n], volumes[n]) for n in ("val", "test")}

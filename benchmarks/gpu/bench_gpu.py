@@ -47,12 +47,11 @@ from seglab.config import (  # noqa: E402
 from seglab.data.acdcseg import nvae_tensors  # noqa: E402
 from seglab.data.store import SliceSet  # noqa: E402
 from seglab.evaluation.segmentation import evaluate  # noqa: E402
-from seglab.inference.segment import load_segmenter, module_input, predict_labels  # noqa: E402
+from seglab.inference.segment import load_segmenter, predict_labels  # noqa: E402
 from seglab.models.segmenters import ARCHS, parameter_count  # noqa: E402
-from seglab.training.datamodule import TensorDataModule  # noqa: E402
 from seglab.training.fit import fit  # noqa: E402
 from seglab.training.nvae_fit import train_nvae_model  # noqa: E402
-from seglab.training.segmenters import MONITOR, new_module, train_weights  # noqa: E402
+from seglab.training.segmenters import MONITOR, new_module, segmenter_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = {"segmenter": 0.90, "nvae": 0.949}
@@ -167,18 +166,8 @@ def run_segmenter(
     train = params.segmenters.train_for(arch)
     trainer = trainer_for(train.trainer, args.segmenter_minutes, args)
     module = new_module(arch, params.segmenters)
-    data = TensorDataModule(
-        {
-            name: on_device(
-                module_input(module, splits[name]),
-                torch.from_numpy(splits[name].label),
-            )
-            for name in ("train", "val")
-        },
-        batch_size=trainer.batch_size,
-        seed=trainer.seed,
-        train_weights=train_weights(train, splits["train"].meta),
-    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # batches indexed in GPU memory
+    data = segmenter_data(splits, train, batch_size=trainer.batch_size, device=device)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     utilisation = Utilisation()

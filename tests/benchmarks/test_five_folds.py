@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tests.benchmarks.test_benchmarks import _script, one_epoch_argv, prepared
 
-from seglab.data.store import load_split, save_split
+from seglab.data.store import concat, load_split, save_split
 
 five_folds = _script("five_folds")
 _script("common")  # the stand-in slices of ``prepared``
@@ -26,7 +26,7 @@ def _pool(folder: Path) -> Path:
 
 def test_folds_split_the_pool_by_patient(tmp_path: Path) -> None:
     folder = _pool(prepared(tmp_path / "prepared"))
-    pool = five_folds.take([load_split(folder / "train.npz"), load_split(folder / "val.npz")])
+    pool = concat([load_split(folder / "train.npz"), load_split(folder / "val.npz")])
     assert len(pool) == 20 and pool.meta["patient"].nunique() == 5
     fold = np.arange(len(pool)) // 4 % 2  # whole patients (four slices each) in two folds
     seen = []
@@ -43,7 +43,7 @@ def test_trains_each_fold_chooses_out_of_fold_and_scores_the_ensemble(tmp_path: 
     folder = _pool(prepared(tmp_path / "prepared"))
     out = tmp_path / "out" / "cv"
     argv = one_epoch_argv(tmp_path, folder, out)
-    result = five_folds.main(argv)
+    result = five_folds.main([*argv, "--save-probs"])
     assert json.loads(out.with_name("cv.json").read_text()) == result
     assert result["patients"] == 5 and result["test_slices"] == 4
     assert [f["val_patients"] for f in result["fold_models"]] == [1] * 5
@@ -56,3 +56,10 @@ def test_trains_each_fold_chooses_out_of_fold_and_scores_the_ensemble(tmp_path: 
     assert all(out.with_name(f"cv.fold{k}.curves.csv").is_file() for k in range(5))
     again = five_folds.main(argv)
     assert again["train_seconds"] == result["train_seconds"]  # every fold resumed, none retrained
+    with np.load(out.with_name("cv.probs.npz")) as probs:
+        shapes = {name: probs[name].shape for name in probs.files}
+        assert probs["val_flips0"].dtype == np.float16
+        np.testing.assert_allclose(probs["test_flips1"].astype(float).sum(1), 1.0, atol=5e-3)
+    pool = (20, 4, *load_split(folder / "test.npz").label.shape[1:])
+    assert shapes == {f"{n}_flips{f}": (s, *pool[1:]) for n, s in (("val", 20), ("test", 4))
+                      for f in (0, 1)}  # fmt: skip

@@ -8,6 +8,7 @@ import pytest
 
 from seglab.data.store import (
     SliceSet,
+    concat,
     end_weights,
     image_context,
     input_channels,
@@ -50,6 +51,30 @@ def test_length_mismatch_is_refused() -> None:
     s = _slices()
     with pytest.raises(ValueError, match="label has 4 slices"):
         SliceSet(image=s.image, label=s.label[:4], meta=s.meta)
+
+
+def test_take_keeps_every_array_and_column_of_the_chosen_rows() -> None:
+    s = _slices()
+    for rows in (np.array([True, False, True, False, True]), np.array([4, 0, 2])):
+        part = s.take(rows)
+        picked = np.arange(5)[rows]
+        assert part.meta["slice_index"].tolist() == picked.tolist()
+        assert part.meta.index.tolist() == list(range(len(picked)))
+        np.testing.assert_array_equal(part.image, s.image[picked])
+        np.testing.assert_array_equal(part.label, s.label[picked])
+        np.testing.assert_array_equal(part.extra["pred_unet"], s.extra["pred_unet"][picked])
+
+
+def test_concat_puts_sets_one_after_another_and_refuses_mismatched_extras() -> None:
+    s = _slices()
+    both = concat([s.take(np.array([3, 4])), s.take(np.array([0]))])
+    assert both.meta["slice_index"].tolist() == [3, 4, 0]
+    assert both.meta.index.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(both.extra["pred_unet"], s.extra["pred_unet"][[3, 4, 0]])
+    with pytest.raises(ValueError, match="different extra arrays"):
+        concat([s, SliceSet(s.image, s.label, s.meta)])
+    with pytest.raises(ValueError, match="nothing to concatenate"):
+        concat([])
 
 
 def test_missing_and_corrupt_split(tmp_path: Path) -> None:

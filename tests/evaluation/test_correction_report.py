@@ -13,11 +13,11 @@ import pytest
 from scipy.stats import mannwhitneyu
 
 from seglab.config import AcdcDataParams, AcdcPrepareParams, CorrectionReportParams, SplitParams
-from seglab.data.acdcseg import acdcseg_rows, concat
+from seglab.data.acdcseg import acdcseg_rows
 from seglab.data.labels import LV, MYO, RV
 from seglab.data.phantom.acdc import write_acdc_phantom
 from seglab.data.prepare_acdc import prepare_acdc
-from seglab.data.store import load_split
+from seglab.data.store import concat, load_split
 from seglab.evaluation.correction_report import correction_report
 from seglab.inference.correction import mask_agreement
 from seglab.io import write_json

@@ -27,13 +27,12 @@ from seglab.config import (
 from seglab.data.acdcseg import (
     VOLUME_KEYS,
     acdcseg_rows,
-    concat,
     load_trigram,
     onehot,
     trigram_context,
     trigram_rows,
 )
-from seglab.data.store import META_DTYPES, SliceSet, load_split, save_split
+from seglab.data.store import META_DTYPES, SliceSet, concat, load_split, save_split
 from seglab.errors import DataError
 from seglab.inference.segment import image_tensor, load_segmenter
 from seglab.stages.acdcseg import build_acdcseg, build_trigram
@@ -128,8 +127,7 @@ def test_triplets_stay_in_their_volume_and_eos_sits_at_the_ends() -> None:
 def test_an_incomplete_or_duplicated_volume_is_refused() -> None:
     rows = _acdcseg({"p1": [4, 3]}, archs=("a",))
     keep = ~((rows.meta["phase"] == "ED") & (rows.meta["slice_index"] == 2)).to_numpy()
-    gap = SliceSet(rows.image[keep], rows.label[keep], rows.meta[keep].reset_index(drop=True),
-                   {"pred": rows.extra["pred"][keep]})  # fmt: skip
+    gap = rows.take(keep)
     with pytest.raises(DataError, match="x.npz: volume has no slice"):
         trigram_context(gap, "x.npz")
     twice = concat([rows, rows])

@@ -18,10 +18,10 @@ from mlflow.exceptions import MlflowException
 
 from seglab.cli import main
 from seglab.config import CardiacParams, GateParams, NvaeParams, load_params
-from seglab.data.acdcseg import acdcseg_rows, concat, trigram_rows
+from seglab.data.acdcseg import acdcseg_rows, trigram_rows
 from seglab.data.labels import LV, RV
 from seglab.data.phantom.masks import heart_masks
-from seglab.data.store import SliceSet, load_split, save_split
+from seglab.data.store import SliceSet, concat, load_split, save_split
 from seglab.errors import ConfigError, DataError
 from seglab.evaluation.gate_choice import choose_gate
 from seglab.inference.correct import load_corrector

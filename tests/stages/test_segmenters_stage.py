@@ -50,7 +50,8 @@ from seglab.stages.segmenters import (
     registered_name,
     train_segmenter,
 )
-from seglab.training.segmenters import new_module
+from seglab.training.datamodule import TensorDataModule
+from seglab.training.segmenters import new_module, segmenter_data
 
 
 def _slices(label: np.ndarray) -> SliceSet:
@@ -265,16 +266,13 @@ def test_a_2_5d_segmenter_keeps_its_context_and_its_clean_up_chosen_on_val(
     shutil.copytree(root / "prepared", tmp_path / "prepared")
     seg = params.segmenters
     train = seg.train.model_copy(update={"context_slices": 1, "oversample_ends": 3.0})
-    samplers: list[torch.Tensor | None] = []
+    made: list[TensorDataModule] = []
 
-    class Recorded(stage.TensorDataModule):
-        def __init__(
-            self, *args: Any, train_weights: torch.Tensor | None = None, **kw: Any
-        ) -> None:
-            samplers.append(train_weights)
-            super().__init__(*args, train_weights=train_weights, **kw)
+    def recorded(*args: Any, **kw: Any) -> TensorDataModule:
+        made.append(segmenter_data(*args, **kw))
+        return made[-1]
 
-    monkeypatch.setattr(stage, "TensorDataModule", Recorded)
+    monkeypatch.setattr(stage, "segmenter_data", recorded)
     params = params.model_copy(
         update={
             "acdc": params.acdc.model_copy(update={"prepared": str(tmp_path / "prepared")}),
@@ -284,8 +282,8 @@ def test_a_2_5d_segmenter_keeps_its_context_and_its_clean_up_chosen_on_val(
     )
     result = train_segmenter(params, "unet", root=tmp_path)
     train_meta = load_split(tmp_path / "prepared" / "train.npz").meta
-    assert len(samplers) == 1 and samplers[0] is not None
-    assert samplers[0].tolist() == end_weights(train_meta, 3.0).tolist()
+    assert len(made) == 1 and made[0].train_weights is not None
+    assert made[0].train_weights.tolist() == end_weights(train_meta, 3.0).tolist()
     module = load_segmenter(tmp_path / "models/segmenters/unet.ckpt").eval()
     assert context_of(module) == 1 and module.net.model[0].conv.in_channels == 3
     cleanup = cleanup_of(module)

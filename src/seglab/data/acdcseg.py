@@ -14,7 +14,6 @@ ground truth (4 channels).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -46,18 +45,6 @@ def acdcseg_rows(
         label=prepared.label,
         meta=meta.reset_index(drop=True),
         extra={"pred": pred.astype(np.uint8)},
-    )
-
-
-def concat(parts: Sequence[SliceSet]) -> SliceSet:
-    """Rows of several slice sets, in order (all must carry the same ``extra`` arrays)."""
-    if not parts:
-        raise ValueError("nothing to concatenate")
-    return SliceSet(
-        image=np.concatenate([p.image for p in parts]),
-        label=np.concatenate([p.label for p in parts]),
-        meta=pd.concat([p.meta for p in parts], ignore_index=True),
-        extra={k: np.concatenate([p.extra[k] for p in parts]) for k in parts[0].extra},
     )
 
 

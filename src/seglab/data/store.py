@@ -58,6 +58,37 @@ class SliceSet:
         """[N, 2] in-plane pixel spacing in mm."""
         return self.meta[["spacing_x", "spacing_y"]].to_numpy(dtype=np.float32)
 
+    def take(self, rows: np.ndarray) -> SliceSet:
+        """The slices at ``rows`` (a boolean mask or positions), every array and column alike.
+
+        >>> half = slices.take(slices.meta["phase"].to_numpy() == "ED")
+        """
+        return SliceSet(
+            image=self.image[rows],
+            label=self.label[rows],
+            meta=self.meta.iloc[rows].reset_index(drop=True),
+            extra={name: arr[rows] for name, arr in self.extra.items()},
+        )
+
+
+def concat(sets: Sequence[SliceSet]) -> SliceSet:
+    """The slices of ``sets`` one after another (e.g. train and val as one pool of patients,
+    or every segmenter's ACDCSeg rows); all must hold the same ``extra`` arrays.
+
+    >>> pool = concat([splits["train"], splits["val"]])
+    """
+    if not sets:
+        raise ValueError("nothing to concatenate")
+    names = [sorted(s.extra) for s in sets]
+    if any(n != names[0] for n in names):
+        raise ValueError(f"the slice sets hold different extra arrays: {names}")
+    return SliceSet(
+        image=np.concatenate([s.image for s in sets]),
+        label=np.concatenate([s.label for s in sets]),
+        meta=pd.concat([s.meta for s in sets], ignore_index=True),
+        extra={name: np.concatenate([s.extra[name] for s in sets]) for name in names[0]},
+    )
+
 
 #: The rows of one 3D volume of a prepared split: neighbours never cross them.
 VOLUME_KEYS = ("patient", "frame")

@@ -19,9 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from seglab.config import CardiacParams
-from seglab.data.acdcseg import acdcseg_rows, concat, trigram_rows
+from seglab.data.acdcseg import acdcseg_rows, trigram_rows
 from seglab.data.splits import SPLITS
-from seglab.data.store import SliceSet, load_split, save_split
+from seglab.data.store import SliceSet, concat, load_split, save_split
 from seglab.io import atomic_dir, write_json
 
 

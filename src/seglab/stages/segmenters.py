@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
@@ -59,7 +58,6 @@ from seglab.stages.common import work_folder
 from seglab.tracking import configure, dvc_hash, log_figure, log_metrics, set_tags, tracked_run
 from seglab.tracking.models import log_and_register
 from seglab.tracking.registry import evaluation_tags
-from seglab.training.datamodule import TensorDataModule
 from seglab.training.fit import (
     FitResult,
     export_checkpoint,
@@ -67,7 +65,7 @@ from seglab.training.fit import (
 )
 from seglab.training.history import write_curves
 from seglab.training.segmentation_module import SegmentationModule
-from seglab.training.segmenters import MONITOR, new_module, train_weights
+from seglab.training.segmenters import MONITOR, new_module, segmenter_data
 
 EXPERIMENT = "acdc-segmenters"
 DATASET = "acdc_prepared"
@@ -82,10 +80,6 @@ def _check_arch(params: SegmentersParams, arch: str) -> None:
         raise ConfigError(f"unknown segmenter architecture '{arch}' (known: {', '.join(ARCHS)})")
     if arch not in params.archs:
         raise ConfigError(f"'{arch}' is not in segmenters.archs ({', '.join(params.archs)})")
-
-
-def _tensors(slices: SliceSet, module: SegmentationModule) -> tuple[torch.Tensor, torch.Tensor]:
-    return module_input(module, slices), torch.from_numpy(slices.label)
 
 
 def _run_params(params: CardiacParams, arch: str) -> dict[str, Any]:
@@ -110,15 +104,9 @@ def _train(
     """Fit on ``splits`` train/val; the best epoch's module, its clean-up chosen on val
     (``segmenters.postprocess``), and what the fit left."""
     trainer = recipe.trainer
-    data = TensorDataModule(
-        {name: _tensors(splits[name], module) for name in ("train", "val")},
-        batch_size=trainer.batch_size,
-        seed=trainer.seed,
-        train_weights=train_weights(recipe, splits["train"].meta),
-    )
     result = fit(
         module,
-        data,
+        segmenter_data(splits, recipe),
         trainer,
         work,
         monitor=MONITOR,
@@ -281,7 +269,7 @@ def _crossfit(
     ):
         for k in range(folds):
             held = fold == k
-            part = {"train": _subset(train, ~held), "val": splits["val"]}
+            part = {"train": train.take(~held), "val": splits["val"]}
             directory = work(f"fold{k}of{folds}-seed{seed}")
             with tracked_run(
                 params.tracking,
@@ -302,7 +290,7 @@ def _crossfit(
                     seg,
                 )
                 fold_seconds = fold_fit.train_seconds
-                pred[held] = predict_labels(best, _subset(train, held), trainer)
+                pred[held] = predict_labels(best, train.take(held), trainer)
                 log_metrics({"train_seconds": fold_seconds})
             seconds += fold_seconds
         figures = evaluate(pred, train)
@@ -335,12 +323,3 @@ def _save_crossfit(
         np.savez(fh, **arrays)
     write_record(root / seg.metrics / f"{arch}.crossfit.json", {"arch": arch, **summary})
     return summary
-
-
-def _subset(slices: SliceSet, rows: np.ndarray) -> SliceSet:
-    return SliceSet(
-        image=slices.image[rows],
-        label=slices.label[rows],
-        meta=slices.meta[rows].reset_index(drop=True),
-        extra={k: v[rows] for k, v in slices.extra.items()},
-    )
