@@ -7,10 +7,11 @@ often still ranks the missing structure's pixels well above the rest, short of w
 argmax. The rule tried here, applied before the clean-up: on a slice where the argmax has no
 pixel of a structure, the largest connected region of pixels the argmax left as background
 whose softmax for that structure is at least ``t`` becomes that structure, if it holds at
-least ``--min-pixels`` pixels. Each ``t`` of ``--thresholds`` (and none) gets the flips and
-clean-up the stage would choose; the out-of-fold Dice over the 80 non-test patients chooses
-``t`` (no rule on a tie); the test split only reports, for the choice and, for the record,
-for every ``t``.
+least ``--min-pixels`` pixels. Two choices, both on the out-of-fold Dice over the 80 non-test
+patients: first the flips and clean-up of the plain argmax, as the stage chooses them; then,
+that clean-up kept (the clean-up's 24 variants per ``t`` would take an hour of 2 cores), the
+flips and a ``t`` of ``--thresholds``, or none (no rule on a tie). The test split only
+reports, for the choice and, for the record, for every ``t``.
 
 It reads the softmax ``five_folds.py --save-probs`` wrote (the pool's out of fold, the five
 models' mean on test) and the prepared splits it ran on::
@@ -40,6 +41,7 @@ from volume_model import Probabilities, chosen_inference  # siblings: benchmarks
 
 from seglab.data.labels import STRUCTURE_LABELS
 from seglab.data.store import concat, load_splits
+from seglab.inference.postprocess import Cleanup
 
 #: 8-connected regions, as the clean-up's.
 CONNECTED = np.ones((3, 3), dtype=bool)
@@ -91,12 +93,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{args.probs}: {stored_slices} {name} slices against {len(slices)} prepared:"
                 " not the splits five_folds.py ran on"
             )
-    options = {}
-    for threshold in (None, *args.thresholds):
+    base = chosen_inference(probs, sets)  # the flips and clean-up of the plain argmax
+    cleanup = Cleanup.from_hparams(base["cleanup"])
+    options = {"none": base}
+    for threshold in args.thresholds:
         decode = partial(recall, threshold=threshold, min_pixels=args.min_pixels)
-        row = chosen_inference(probs, sets, decode)
-        options["none" if threshold is None else str(threshold)] = row
-        print(f"t={threshold}: out of fold {row['chosen_val_dice_mean']:.4f}", file=sys.stderr)
+        options[str(threshold)] = chosen_inference(probs, sets, decode, cleanup)
+    for name, row in options.items():
+        print(f"t={name}: out of fold {row['chosen_val_dice_mean']:.4f}", file=sys.stderr)
     chosen = max(options, key=lambda k: options[k]["chosen_val_dice_mean"])  # first wins ties
     report = {
         "probs": str(args.probs),

@@ -43,6 +43,7 @@ from seglab.config import CardiacParams, load_params
 from seglab.data.labels import NUM_LABELS, STRUCTURES
 from seglab.data.store import SliceSet, load_splits, volume_rows
 from seglab.evaluation.segmentation import evaluate, pick_inference
+from seglab.inference.postprocess import Cleanup
 from seglab.inference.segment import load_segmenter, module_input
 from seglab.training.fit import fit, seed
 from seglab.training.history import write_curves
@@ -158,18 +159,22 @@ def chosen_inference(
     probs: Probabilities,
     splits: dict[str, SliceSet],
     decode: Callable[[Tensor], np.ndarray] = argmax,
+    fixed: Cleanup | None = None,
 ) -> dict[str, Any]:
-    """Flips and clean-up chosen as the stage chooses them, on the validation Dice alone; then
-    the figures of both splits with that choice, and the test split's without any. ``decode``
-    turns a softmax into label maps (the argmax, as the stage does, unless told otherwise)."""
+    """Flips and clean-up chosen as the stage chooses them, on the validation Dice alone (the
+    clean-up only ``fixed`` when given); then the figures of both splits with that choice, and
+    the test split's without any. ``decode`` turns a softmax into label maps (the argmax, as the
+    stage does, unless told otherwise)."""
     val, test = splits["val"], splits["test"]
     volumes = {name: volume_rows(splits[name].meta) for name in ("val", "test")}
     labels = {f: {n: decode(p) for n, p in by.items()} for f, by in probs.items()}
-    flips, cleanup, scores = pick_inference({f: by["val"] for f, by in labels.items()}, val)
+    flips, cleanup, scores = pick_inference({f: by["val"] for f, by in labels.items()}, val, fixed)
     value = scores[("flips_" if flips else "") + cleanup.name]
     chosen = {n: cleanup.apply(labels[flips][n], volumes[n]) for n in ("val", "test")}
     return {
         "chosen_on_val": ("flips, " if flips else "") + cleanup.describe(),
+        "flips": flips,
+        "cleanup": cleanup.hparams(),
         "chosen_val_dice_mean": value,
         "val_dice_mean_options": scores,
         "val": figures(chosen["val"], val),

@@ -1,5 +1,5 @@
 """``presence.py``: a structure the argmax left out comes back only where the rule says, and
-the out-of-fold pool alone chooses the threshold."""
+the out-of-fold pool alone chooses the threshold, keeping the plain argmax's clean-up."""
 
 from __future__ import annotations
 
@@ -68,6 +68,9 @@ def test_the_pool_chooses_the_threshold_and_test_only_reports(tmp_path: Path) ->
     assert json.loads(out.with_name("presence.json").read_text()) == result
     val = {k: row["chosen_val_dice_mean"] for k, row in result["options"].items()}
     assert result["chosen_threshold"] == "0.2" and val["0.2"] > val["none"] == val["0.4"]
+    assert all(
+        row["cleanup"] == result["options"]["none"]["cleanup"] for row in result["options"].values()
+    )
     assert result["chosen"]["test"]["rv_missed"] == result["options"]["none"]["test"]["rv_missed"]
     assert result["pool_slices"] == 20 and result["test_slices"] == 4
     np.savez(tmp_path / "p.npz", **{k: v[:3] for k, v in stored.items()})
